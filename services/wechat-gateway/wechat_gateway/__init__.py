@@ -1,0 +1,1 @@
+"""WeChat Official Account callback gateway: verify, decrypt, dedup, forward, reply in time."""

@@ -1,0 +1,212 @@
+"""Start real programs (redis-server, gunicorn, uvicorn, nginx, prometheus ...) on loopback for tests.
+
+Every helper waits on an event (a port accepting connections, an HTTP answer), never on
+a fixed sleep, and every process is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GATEWAY_DIR = REPO_ROOT / "services" / "wechat-gateway"
+AI_API_DIR = REPO_ROOT / "services" / "ai-api"
+VENV_BIN = Path(sys.executable).parent
+
+
+def in_ci() -> bool:
+    """CI sets CI=true: there a missing binary is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_binary(name: str, install_hint: str = "") -> str:
+    """Return the path of `name`; skip the test without it, or fail under CI."""
+    path = shutil.which(name) or (
+        str(VENV_BIN / name) if (VENV_BIN / name).exists() else None
+    )
+    if path:
+        return path
+    reason = f"{name} is not installed ({install_hint or 'see .ci/run'})"
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `predicate` (a cheap check of an event) until it is true or the timeout expires."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Process:
+    """A started program, its log file and how to stop it."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    port: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> None:
+        if self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_process(
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    port: int | None = None,
+    ready: Callable[[], bool] | None = None,
+    ready_timeout_s: float = 20,
+) -> Process:
+    """Start `argv` in its own process group; wait until `ready()` (or the port opens)."""
+    log_path = log_dir / f"{name}.log"
+    log_file = log_path.open("ab")
+    full_env = {**os.environ, **(env or {})}
+    popen = subprocess.Popen(  # noqa: S603 - argv built by the tests
+        list(argv),
+        cwd=cwd,
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log_file.close()
+    proc = Process(name=name, popen=popen, log_path=log_path, port=port)
+    check = ready or ((lambda: port_open(port)) if port else None)
+    if check is not None:
+        try:
+            wait_until(lambda: check() or not proc.alive(), ready_timeout_s, f"{name} to start")
+        except TimeoutError:
+            proc.stop()
+            raise
+        if not proc.alive():
+            raise RuntimeError(f"{name} exited at start-up:\n{proc.log()[-4000:]}")
+    return proc
+
+
+def start_redis(log_dir: Path, port: int | None = None) -> Process:
+    """A throw-away redis-server on 127.0.0.1 without persistence."""
+    binary = require_binary("redis-server", "apt-get install redis-server")
+    port = port or free_port()
+    data_dir = log_dir / f"redis-{port}"
+    data_dir.mkdir(exist_ok=True)
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(data_dir)]
+    proc = start_process(f"redis-{port}", argv, log_dir, port=port)
+    proc.extra["url"] = f"redis://127.0.0.1:{port}/0"
+    return proc
+
+
+def start_gateway(
+    log_dir: Path, env: Mapping[str, str], *, port: int | None = None, workers: int = 2,
+    name: str = "gateway",
+) -> Process:
+    """The gateway under Gunicorn with its production config file, on 127.0.0.1."""
+    port = port or free_port()
+    full_env = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "GUNICORN_WORKERS": str(workers),
+        "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"{name}-{port}-metrics"),
+        "LOG_FORMAT": "json",
+        **env,
+    }
+    argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wechat_gateway.wsgi:app"]
+    proc = start_process(
+        f"{name}-{port}", argv, log_dir, env=full_env, cwd=GATEWAY_DIR, port=port,
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health")
+        or _health_answers(f"http://127.0.0.1:{port}/health"),
+    )
+    proc.extra["url"] = f"http://127.0.0.1:{port}"
+    return proc
+
+
+def _health_answers(url: str) -> bool:
+    """A degraded /health (503) still means the server is up."""
+    try:
+        urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback only
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
+
+
+def start_ai_api(log_dir: Path, env: Mapping[str, str] | None = None, *,
+                 port: int | None = None) -> Process:
+    """The AI API under Uvicorn, on 127.0.0.1."""
+    port = port or free_port()
+    argv = [str(VENV_BIN / "uvicorn"), "celestial_nexus.api:app", "--host", "127.0.0.1",
+            "--port", str(port), "--no-access-log"]
+    proc = start_process(
+        f"ai-api-{port}", argv, log_dir, env=dict(env or {}), cwd=AI_API_DIR, port=port,
+        ready=lambda: _health_answers(f"http://127.0.0.1:{port}/health"), ready_timeout_s=60,
+    )
+    proc.extra["url"] = f"http://127.0.0.1:{port}"
+    return proc
