@@ -1,0 +1,101 @@
+"""`make run`: the gateway (Gunicorn) and the AI API (Uvicorn) as local processes.
+
+Variables come from the environment first, then `.env`, then the development values of
+`.env.example`, which the services announce loudly. Both bind 127.0.0.1 by default.
+Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def local_environment() -> tuple[dict[str, str], list[str]]:
+    """The environment for both services, and the names taken from .env.example."""
+    defaults = read_env_file(ROOT / ".env.example")
+    dotenv = read_env_file(ROOT / ".env")
+    env = dict(os.environ)
+    from_example = []
+    for name, value in {**defaults, **dotenv}.items():
+        if name not in env:
+            env[name] = value
+            if name not in dotenv:
+                from_example.append(name)
+    env.setdefault("HOST", "127.0.0.1")
+    env.setdefault("AI_API_PORT", "8000")
+    if "AI_API_URL" not in os.environ and "AI_API_URL" not in dotenv:
+        env["AI_API_URL"] = f"http://127.0.0.1:{env['AI_API_PORT']}"
+    return env, from_example
+
+
+def main() -> int:
+    env, from_example = local_environment()
+    if from_example:
+        bar = "=" * 78
+        sys.stderr.write(
+            f"{bar}\n make run: using DEVELOPMENT defaults from .env.example for "
+            f"{len(from_example)} variables\n (WECHAT_TOKEN, WECHAT_ENCODING_AES_KEY, ...). "
+            "Never expose these values to WeChat:\n set your own in .env or the environment.\n"
+            f"{bar}\n"
+        )
+    host, port, ai_port = env["HOST"], env.get("PORT", "9090"), env["AI_API_PORT"]
+    processes = []
+    ai_dir = ROOT / "services" / "ai-api"
+    if (ai_dir / "celestial_nexus" / "api.py").exists():
+        processes.append(subprocess.Popen(  # noqa: S603
+            [str(BIN / "uvicorn"), "celestial_nexus.api:app", "--host", host, "--port", ai_port],
+            cwd=ai_dir, env=env))
+    else:
+        sys.stderr.write("make run: no AI API yet; the gateway answers with WECHAT_FALLBACK_REPLY\n")
+    processes.append(subprocess.Popen(  # noqa: S603
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wechat_gateway.wsgi:app"],
+        cwd=ROOT / "services" / "wechat-gateway", env=env))
+    sys.stderr.write(
+        f"make run: gateway http://{host}:{port}/wechat  (health: /health, metrics: /metrics)\n"
+        f"          AI API  http://{host}:{ai_port}/v1/reply  (docs: /docs)\n"
+    )
+    return _supervise(processes)
+
+
+def _supervise(processes: list[subprocess.Popen]) -> int:
+    """Wait until one process exits or Ctrl-C; then stop the others."""
+    def stop(*_: object) -> None:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(proc.poll() is None for proc in processes):
+            try:
+                processes[0].wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+    except KeyboardInterrupt:
+        pass
+    stop()
+    codes = [proc.wait() for proc in processes]
+    return next((code for code in codes if code), 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

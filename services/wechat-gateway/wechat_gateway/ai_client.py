@@ -1,0 +1,86 @@
+"""The call from the gateway to the AI API's POST /v1/reply, bounded by a deadline.
+
+The deadline travels in the `X-Reply-Deadline-Ms` header so the AI API can answer in
+time (with its knowledge base when an LLM is late); the HTTP timeout is that deadline
+plus a small margin. Every failure becomes an AIError whose reason labels the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+DEADLINE_HEADER = "X-Reply-Deadline-Ms"
+REPLY_TYPES = {"text", "image", "news"}
+_CONNECT_TIMEOUT_S = 1.0
+_READ_MARGIN_S = 0.5
+
+
+class AIError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AIClient:
+    """One pooled HTTP session per worker process to the AI API."""
+
+    def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
+        self.reply_url = base_url.rstrip("/") + "/v1/reply"
+        self.health_url = base_url.rstrip("/") + "/health"
+        self.session = session or requests.Session()
+
+    def reply(self, message: dict[str, Any], deadline_s: float, request_id: str = "") -> dict | None:
+        """The AI API's reply document for `message`, or None for "nothing to say"."""
+        started = time.monotonic()
+        try:
+            reply = self._post(message, max(deadline_s, 0.05), request_id)
+        except AIError as exc:
+            metrics.AI_ERRORS.labels(reason=exc.reason).inc()
+            metrics.AI_LATENCY.labels(outcome="error").observe(time.monotonic() - started)
+            raise
+        metrics.AI_LATENCY.labels(outcome="ok").observe(time.monotonic() - started)
+        return reply
+
+    def _post(self, message: dict[str, Any], deadline_s: float, request_id: str) -> dict | None:
+        headers = {DEADLINE_HEADER: str(int(deadline_s * 1000)), "X-Request-Id": request_id}
+        try:
+            response = self.session.post(
+                self.reply_url, json=message, headers=headers,
+                timeout=(_CONNECT_TIMEOUT_S, deadline_s + _READ_MARGIN_S),
+            )
+        except requests.Timeout:
+            raise AIError("timeout", f"no answer within {deadline_s:.1f}s") from None
+        except requests.RequestException as exc:
+            raise AIError("connection", f"{type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise AIError("http_status", f"AI API answered HTTP {response.status_code}")
+        return _validated_reply(response)
+
+    def healthy(self, timeout_s: float = 0.5) -> bool:
+        try:
+            return self.session.get(self.health_url, timeout=timeout_s).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+def _validated_reply(response: requests.Response) -> dict | None:
+    try:
+        document = response.json()
+    except ValueError:
+        raise AIError("bad_response", "AI API answer is not JSON") from None
+    if not isinstance(document, dict) or "reply" not in document:
+        raise AIError("bad_response", "AI API answer has no 'reply'")
+    reply = document["reply"]
+    if reply is None:
+        return None
+    if not isinstance(reply, dict) or reply.get("type") not in REPLY_TYPES:
+        raise AIError("bad_response", "AI API reply has an unknown type")
+    return reply

@@ -1,0 +1,350 @@
+"""The dedup store: one job per WeChat delivery, shared by every retry of it.
+
+A job is claimed atomically (Redis `SET NX EX`) by the first attempt, counts its attempts,
+holds the stored answer every retry replays, and the hand-off flags that let exactly one
+party deliver a late answer (placeholder then park, or a customer-service push).
+Redis makes that state common to every worker and replica; when Redis is unset or down,
+a bounded in-process store (TTL + LRU of WECHAT_DEDUP_MAX keys) takes over, and Redis is
+tried again after a short pause.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_SENT = "placeholder_sent"
+CUSTOM_PENDING = "custom_pending"
+HANDOFF_FLAGS = (PLACEHOLDER_SENT, CUSTOM_PENDING)
+
+
+@dataclass
+class Job:
+    """What a store knows of one delivery when an attempt asks."""
+
+    key: str
+    is_new: bool
+    attempt: int
+    owner: str
+    started_at: float
+    lease_until: float
+    answer: dict[str, Any] | None
+    store: str
+
+
+class JobStore(Protocol):
+    name: str
+
+    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job: ...
+    def get(self, key: str) -> Job | None: ...
+    def renew(self, key: str, owner: str, lease_until: float) -> bool: ...
+    def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool: ...
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str]: ...
+    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None: ...
+    def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None: ...
+    def pop_parked(self, user: str) -> dict[str, Any] | None: ...
+    def clear_parked(self, user: str) -> None: ...
+    def ping(self) -> bool: ...
+
+
+class LocalStore:
+    """In-process store: per-worker, bounded by `capacity` keys (LRU) and by each key's TTL."""
+
+    name = "local"
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.time) -> None:
+        self.capacity = capacity
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._parked: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+
+    def _live(self, table: OrderedDict, key: str) -> Any:
+        entry = table.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if expires_at <= self.clock():
+            del table[key]
+            return None
+        table.move_to_end(key)
+        return value
+
+    def _put(self, table: OrderedDict, key: str, value: Any, ttl_s: float) -> None:
+        table[key] = (self.clock() + ttl_s, value)
+        table.move_to_end(key)
+        while len(table) > self.capacity:
+            table.popitem(last=False)
+
+    @staticmethod
+    def _view(key: str, state: dict[str, Any], is_new: bool, attempt: int) -> Job:
+        return Job(key, is_new, attempt, state["owner"], state["started_at"],
+                   state["lease_until"], state.get("answer"), "local")
+
+    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
+        with self._lock:
+            state = self._live(self._jobs, key)
+            if state is None:
+                state = {"owner": owner, "started_at": now, "lease_until": now + lease_s,
+                         "attempts": 1}
+                self._put(self._jobs, key, state, window_s)
+                return self._view(key, state, True, 1)
+            state["attempts"] += 1
+            return self._view(key, state, False, state["attempts"])
+
+    def get(self, key: str) -> Job | None:
+        with self._lock:
+            state = self._live(self._jobs, key)
+            return None if state is None else self._view(key, state, False, state["attempts"])
+
+    def renew(self, key: str, owner: str, lease_until: float) -> bool:
+        with self._lock:
+            state = self._live(self._jobs, key)
+            if state is None or state["owner"] != owner:
+                return False
+            state["lease_until"] = lease_until
+            return True
+
+    def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
+        with self._lock:
+            state = self._live(self._jobs, key)
+            if state is None or state.get("answer") is not None or state["lease_until"] > now:
+                return False
+            state["owner"], state["lease_until"] = owner, now + lease_s
+            return True
+
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
+        with self._lock:
+            state = self._live(self._jobs, key)
+            if state is None:
+                return set()
+            state["answer"] = answer
+            return {flag for flag in HANDOFF_FLAGS if state.get(flag)}
+
+    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
+        with self._lock:
+            state = self._live(self._jobs, key)
+            if state is None:
+                return None
+            state[flag] = True
+            return state.get("answer")
+
+    def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
+        with self._lock:
+            queue = self._live(self._parked, user) or []
+            self._put(self._parked, user, [*queue, answer], ttl_s)
+
+    def pop_parked(self, user: str) -> dict[str, Any] | None:
+        with self._lock:
+            queue = self._live(self._parked, user)
+            if not queue:
+                return None
+            first = queue.pop(0)
+            if not queue:
+                del self._parked[user]
+            return first
+
+    def clear_parked(self, user: str) -> None:
+        with self._lock:
+            self._parked.pop(user, None)
+
+    def ping(self) -> bool:
+        return True
+
+
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'lease_until', ARGV[2]) return 1 end
+return 0
+"""
+_TAKE_OVER = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'answer') == 0
+   and tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_until', ARGV[3]) return 1 end
+return 0
+"""
+
+
+class RedisStore:
+    """Job state in Redis, shared by every worker and replica. Keys: `cn:gw:<kind>:<key>`."""
+
+    name = "redis"
+
+    def __init__(self, client: redis.Redis, prefix: str = "cn:gw") -> None:
+        self.client = client
+        self.prefix = prefix
+        self._renew = client.register_script(_RENEW)
+        self._take_over = client.register_script(_TAKE_OVER)
+
+    def _claim_key(self, key: str) -> str:
+        return f"{self.prefix}:dedup:{key}"
+
+    def _job_key(self, key: str) -> str:
+        return f"{self.prefix}:job:{key}"
+
+    def _parked_key(self, user: str) -> str:
+        return f"{self.prefix}:parked:{user}"
+
+    def _view(self, key: str, raw: dict[bytes, bytes], is_new: bool) -> Job:
+        state = {k.decode(): v.decode() for k, v in raw.items()}
+        answer = json.loads(state["answer"]) if "answer" in state else None
+        return Job(key, is_new, int(state.get("attempts", 1)), state.get("owner", ""),
+                   float(state.get("started_at", 0)), float(state.get("lease_until", 0)),
+                   answer, "redis")
+
+    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
+        job_key = self._job_key(key)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self._claim_key(key), owner, nx=True, ex=window_s)
+        pipe.hincrby(job_key, "attempts", 1)
+        pipe.hsetnx(job_key, "owner", owner)
+        pipe.hsetnx(job_key, "started_at", repr(now))
+        pipe.hsetnx(job_key, "lease_until", repr(now + lease_s))
+        pipe.expire(job_key, window_s)
+        pipe.hgetall(job_key)
+        claimed, *_, raw = pipe.execute()
+        return self._view(key, raw, bool(claimed))
+
+    def get(self, key: str) -> Job | None:
+        raw = self.client.hgetall(self._job_key(key))
+        return self._view(key, raw, False) if raw else None
+
+    def renew(self, key: str, owner: str, lease_until: float) -> bool:
+        return bool(self._renew(keys=[self._job_key(key)], args=[owner, repr(lease_until)]))
+
+    def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
+        return bool(self._take_over(keys=[self._job_key(key)],
+                                    args=[owner, repr(now), repr(now + lease_s)]))
+
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._job_key(key), "answer", json.dumps(answer, ensure_ascii=False))
+        pipe.hmget(self._job_key(key), list(HANDOFF_FLAGS))
+        _, flags = pipe.execute()
+        return {flag for flag, value in zip(HANDOFF_FLAGS, flags, strict=True) if value}
+
+    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._job_key(key), flag, "1")
+        pipe.hget(self._job_key(key), "answer")
+        _, answer = pipe.execute()
+        return json.loads(answer) if answer else None
+
+    def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(self._parked_key(user), json.dumps(answer, ensure_ascii=False))
+        pipe.expire(self._parked_key(user), ttl_s)
+        pipe.execute()
+
+    def pop_parked(self, user: str) -> dict[str, Any] | None:
+        raw = self.client.lpop(self._parked_key(user))
+        return json.loads(raw) if raw else None
+
+    def clear_parked(self, user: str) -> None:
+        self.client.delete(self._parked_key(user))
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+
+class FailoverStore:
+    """Redis first; on a Redis error the in-process store answers, and Redis is retried later.
+
+    Requests never fail because Redis is down: they lose cross-process dedup for a while,
+    which wechat_redis_up=0 and the RedisDown alert make visible.
+    """
+
+    def __init__(self, primary: RedisStore, fallback: LocalStore, retry_after_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.retry_after_s = retry_after_s
+        self.clock = clock
+        self._down_until = 0.0
+        metrics.REDIS_UP.set(1)
+
+    @property
+    def name(self) -> str:
+        return self.fallback.name if self.redis_down else self.primary.name
+
+    @property
+    def redis_down(self) -> bool:
+        return self.clock() < self._down_until
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if not self.redis_down:
+            try:
+                result = getattr(self.primary, method)(*args)
+            except (redis.RedisError, OSError) as exc:
+                self._mark_down(exc)
+            else:
+                if self._down_until:
+                    log.info("redis reachable again; dedup store back on redis",
+                             extra={"event": "redis_up"})
+                    self._down_until = 0.0
+                    metrics.REDIS_UP.set(1)
+                return result
+        return getattr(self.fallback, method)(*args)
+
+    def _mark_down(self, exc: Exception) -> None:
+        if not self._down_until:
+            log.warning("redis unreachable (%s); using the in-process dedup store",
+                        type(exc).__name__, extra={"event": "redis_down"})
+        self._down_until = self.clock() + self.retry_after_s
+        metrics.REDIS_UP.set(0)
+
+    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
+        return self._call("claim", key, owner, now, window_s, lease_s)
+
+    def get(self, key: str) -> Job | None:
+        return self._call("get", key)
+
+    def renew(self, key: str, owner: str, lease_until: float) -> bool:
+        return self._call("renew", key, owner, lease_until)
+
+    def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
+        return self._call("take_over", key, owner, now, lease_s)
+
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
+        return self._call("finish", key, answer)
+
+    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
+        return self._call("hand_off", key, flag)
+
+    def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
+        self._call("park", user, answer, ttl_s)
+
+    def pop_parked(self, user: str) -> dict[str, Any] | None:
+        return self._call("pop_parked", user)
+
+    def clear_parked(self, user: str) -> None:
+        self._call("clear_parked", user)
+
+    def ping(self) -> bool:
+        try:
+            return self.primary.ping()
+        except (redis.RedisError, OSError):
+            return False
+
+
+def build_store(redis_url: str | None, capacity: int) -> JobStore:
+    """Redis with in-process fallback when REDIS_URL is set, else the in-process store."""
+    local = LocalStore(capacity)
+    if not redis_url:
+        return local
+    client = redis.Redis.from_url(
+        redis_url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=10
+    )
+    return FailoverStore(RedisStore(client), local)

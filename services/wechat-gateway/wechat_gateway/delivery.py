@@ -1,0 +1,255 @@
+"""Getting every user an answer across WeChat's 5-second cut and its retries.
+
+WeChat gives each attempt about 5 s and makes three attempts of the same message. The
+first attempt claims a job and starts the AI request once, with a deadline covering the
+whole delivery window; every attempt, on whichever worker or replica it lands, waits for
+that job's answer and returns it as soon as it exists. What happens when it does not:
+
+- `retry`: an attempt that is not the last is held just past WeChat's cut (answering
+  `success` would stop the retries); the last one sends a placeholder and the answer is
+  parked for the user's next message.
+- `custom`: answer `success` at the budget and push the answer through the
+  customer-service API when it is ready; errors that retrying cannot fix park it.
+- `off`: answer within one attempt or send WECHAT_FALLBACK_REPLY.
+
+Exactly one party delivers a late answer: the store's `finish` and `hand_off` are atomic
+against each other (see dedup.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import metrics
+from .ai_client import AIClient, AIError
+from .config import Settings
+from .dedup import CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore
+
+log = logging.getLogger(__name__)
+
+_REMOTE_POLL_S = 0.05
+
+
+class CustomSender(Protocol):
+    def deliver(self, openid: str, reply: dict[str, Any]) -> bool:
+        """Send `reply` through the customer-service API; False when it must be parked."""
+
+
+@dataclass
+class Outcome:
+    """What the view sends back for one attempt."""
+
+    reply: dict[str, Any] | None  # a reply document to render, or None for `success`
+    path: str  # first_attempt, retry, placeholder, parked, custom, fallback, none, held
+    attempt: int
+    dedup_hit: bool
+    held: bool = False
+
+
+def user_key(message: dict[str, Any]) -> str:
+    return f"{message['account_id']}:{message['openid']}"
+
+
+class Delivery:
+    """Runs jobs and answers attempts; one per worker process."""
+
+    def __init__(self, settings: Settings, store: JobStore, ai: AIClient | None,
+                 sender: CustomSender | None = None,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.store = store
+        self.ai = ai
+        self.sender = sender
+        self.clock = clock
+        self.sleep = sleep
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        self._done: dict[str, threading.Event] = {}
+
+    # -- an attempt -------------------------------------------------------------------
+    def answer(self, message: dict[str, Any], arrival: float, request_id: str = "") -> Outcome:
+        """Handle one attempt of `message` that arrived at `arrival` (epoch seconds)."""
+        s = self.settings
+        key = message["dedup_key"]
+        job = self.store.claim(key, self.owner, arrival, s.dedup_window_s, s.job_lease_s)
+        attempt_label = str(job.attempt) if job.attempt <= 3 else "4+"
+        metrics.DELIVERY_ATTEMPTS.labels(attempt=attempt_label).inc()
+        if not job.is_new:
+            metrics.DEDUP_HITS.labels(store=job.store).inc()
+            log.info("dedup hit", extra={"event": "dedup_hit", "attempt": job.attempt,
+                                         "store": job.store})
+        elif self._start_from_parked(message, key):
+            pass
+        else:
+            self._start_job(message, key, self._window_s(), request_id)
+
+        last = s.slow_reply_mode != "retry" or job.attempt >= s.max_attempts
+        wait_s = s.reply_budget_s if last else s.retry_hold_s
+        answer = self._wait(key, arrival + wait_s, message, request_id)
+        if answer is not None:
+            return self._delivered(answer, job.attempt, not job.is_new, arrival)
+        return self._late(key, job.attempt, not job.is_new, arrival, last)
+
+    def _start_from_parked(self, message: dict[str, Any], key: str) -> bool:
+        """A user with a parked answer gets it now, instead of a new AI request."""
+        if message.get("type") == "event":
+            if message.get("event") == "unsubscribe":
+                self.store.clear_parked(user_key(message))
+            return False
+        parked = self.store.pop_parked(user_key(message))
+        if parked is None:
+            return False
+        self.store.finish(key, {**parked, "source": "parked"})
+        return True
+
+    def _delivered(self, answer: dict[str, Any], attempt: int, dedup_hit: bool,
+                   arrival: float) -> Outcome:
+        source = answer.get("source")
+        if source in ("parked", "fallback"):
+            path = source
+        elif answer.get("reply") is None:
+            path = "none"
+        else:
+            path = "first_attempt" if attempt == 1 else "retry"
+        self._count_reply(path, answer)
+        if source == "fallback":
+            metrics.FALLBACK_REPLIES.inc()
+        return Outcome(answer.get("reply"), path, attempt, dedup_hit)
+
+    def _late(self, key: str, attempt: int, dedup_hit: bool, arrival: float,
+              last: bool) -> Outcome:
+        mode = self.settings.slow_reply_mode
+        if not last:
+            log.info("answer not ready; holding past WeChat's cut so it retries",
+                     extra={"event": "held", "attempt": attempt})
+            return Outcome(None, "held", attempt, dedup_hit, held=True)
+        flag = CUSTOM_PENDING if mode == "custom" else PLACEHOLDER_SENT
+        answer = self.store.hand_off(key, flag)
+        if answer is not None:  # arrived between the wait and the hand-off
+            return self._delivered(answer, attempt, dedup_hit, arrival)
+        if mode == "custom":
+            log.info("answer late; success now, customer-service push later",
+                     extra={"event": "custom_pending", "attempt": attempt})
+            return Outcome(None, "custom_pending", attempt, dedup_hit)
+        if mode == "off":
+            metrics.FALLBACK_REPLIES.inc()
+            self._count_reply("fallback", None)
+            return Outcome(self._text(self.settings.fallback_reply), "fallback", attempt, dedup_hit)
+        self._count_reply("placeholder", None)
+        log.info("answer late on the last attempt; placeholder sent, answer will be parked",
+                 extra={"event": "placeholder", "attempt": attempt})
+        return Outcome(self._text(self.settings.placeholder_reply), "placeholder", attempt,
+                       dedup_hit)
+
+    def _count_reply(self, path: str, answer: dict[str, Any] | None) -> None:
+        metrics.REPLIES.labels(path=path).inc()
+        started = (answer or {}).get("started_at")
+        if started:
+            metrics.TIME_TO_ANSWER.labels(path=path).observe(max(0.0, self.clock() - started))
+
+    @staticmethod
+    def _text(content: str) -> dict[str, Any] | None:
+        return {"type": "text", "content": content} if content else None
+
+    def _window_s(self) -> float:
+        mode = self.settings.slow_reply_mode
+        if mode == "retry":
+            return self.settings.delivery_window_s
+        if mode == "custom":
+            return self.settings.custom_window_s
+        return self.settings.reply_budget_s
+
+    # -- waiting ----------------------------------------------------------------------
+    def _wait(self, key: str, until: float, message: dict[str, Any],
+              request_id: str) -> dict[str, Any] | None:
+        """The job's answer once it exists, or None at `until`; takes over an orphaned job."""
+        while True:
+            job = self.store.get(key)
+            now = self.clock()
+            if job is None:
+                return None
+            if job.answer is not None:
+                return job.answer
+            if job.owner != self.owner and job.lease_until <= now:
+                self._take_over(job.key, job.started_at, message, request_id)
+            remaining = until - now
+            if remaining <= 0:
+                return None
+            done = self._done.get(key)
+            if done is not None:
+                done.wait(min(remaining, 0.25))
+            else:
+                self.sleep(min(remaining, _REMOTE_POLL_S))
+
+    def _take_over(self, key: str, started_at: float, message: dict[str, Any],
+                   request_id: str) -> None:
+        now = self.clock()
+        if self.store.take_over(key, self.owner, now, self.settings.job_lease_s):
+            remaining = started_at + self._window_s() - now
+            log.warning("job owner stopped renewing its lease; taking the job over",
+                        extra={"event": "job_takeover"})
+            self._start_job(message, key, max(remaining, 0.5), request_id)
+
+    # -- the job itself ---------------------------------------------------------------
+    def _start_job(self, message: dict[str, Any], key: str, window_s: float,
+                   request_id: str) -> None:
+        done = threading.Event()
+        self._done[key] = done
+        thread = threading.Thread(target=self._run_job, args=(message, key, window_s,
+                                  request_id, done), daemon=True, name=f"job-{key[:24]}")
+        thread.start()
+
+    def _run_job(self, message: dict[str, Any], key: str, window_s: float, request_id: str,
+                 done: threading.Event) -> None:
+        started = self.clock()
+        keeper = threading.Thread(target=self._keep_lease, args=(key, done), daemon=True)
+        keeper.start()
+        try:
+            answer = self._ask_ai(message, window_s, request_id)
+            answer["started_at"] = started
+            flags = self.store.finish(key, answer)
+            done.set()
+            self._hand_over_late_answer(message, answer, flags)
+        except Exception:
+            log.exception("job failed", extra={"event": "job_error"})
+        finally:
+            done.set()
+            self._done.pop(key, None)
+
+    def _ask_ai(self, message: dict[str, Any], window_s: float, request_id: str) -> dict:
+        if self.ai is None:
+            return {"reply": self._text(self.settings.fallback_reply), "source": "fallback"}
+        try:
+            return {"reply": self.ai.reply(message, window_s, request_id), "source": "ai"}
+        except AIError as exc:
+            log.warning("AI API failed (%s): %s; answering with WECHAT_FALLBACK_REPLY",
+                        exc.reason, exc, extra={"event": "ai_error", "reason": exc.reason})
+            return {"reply": self._text(self.settings.fallback_reply), "source": "fallback"}
+
+    def _keep_lease(self, key: str, done: threading.Event) -> None:
+        interval = self.settings.job_lease_s / 3
+        while not done.wait(interval):
+            try:
+                self.store.renew(key, self.owner, self.clock() + self.settings.job_lease_s)
+            except Exception:
+                log.exception("lease renewal failed", extra={"event": "lease_error"})
+
+    def _hand_over_late_answer(self, message: dict[str, Any], answer: dict[str, Any],
+                               flags: set[str]) -> None:
+        """The answer came after the last attempt gave up: push it or park it."""
+        if answer.get("reply") is None:
+            return
+        if CUSTOM_PENDING in flags and self.sender is not None:
+            if self.sender.deliver(message["openid"], answer["reply"]):
+                self._count_reply("custom", answer)
+                return
+        if flags:
+            self.store.park(user_key(message), answer, self.settings.parked_ttl_s)
+            log.info("late answer parked for the user's next message",
+                     extra={"event": "parked"})

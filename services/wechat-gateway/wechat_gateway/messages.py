@@ -1,0 +1,102 @@
+"""Untrusted callback XML -> the normalized message of docs/message-schema.md.
+
+defusedxml refuses a DOCTYPE outright (so billion-laughs and external entities fail
+before anything is expanded), and the body size is capped by the caller.
+https://developers.weixin.qq.com/doc/service/en/Message_Management/Receiving_standard_messages.html
+https://developers.weixin.qq.com/doc/service/en/Message_Management/Receiving_event_pushes.html
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.etree.ElementTree import ParseError
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from .errors import BadRequest, HostileXml
+
+SCHEMA_VERSION = 1
+
+# XML element -> (field of the normalized message, converter)
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "Content": ("content", str),
+    "MediaId": ("media_id", str),
+    "PicUrl": ("pic_url", str),
+    "Format": ("format", str),
+    "Recognition": ("recognition", str),
+    "ThumbMediaId": ("thumb_media_id", str),
+    "Location_X": ("location_x", float),
+    "Location_Y": ("location_y", float),
+    "Scale": ("scale", int),
+    "Label": ("label", str),
+    "Title": ("title", str),
+    "Description": ("description", str),
+    "Url": ("url", str),
+    "Event": ("event", str),
+    "EventKey": ("event_key", str),
+    "Ticket": ("ticket", str),
+    "Latitude": ("latitude", float),
+    "Longitude": ("longitude", float),
+    "Precision": ("precision", float),
+    "MenuId": ("menu_id", str),
+}
+
+
+def parse_xml(body: bytes) -> dict[str, str]:
+    """The top-level elements of a WeChat XML document as {tag: text}.
+
+    Raises HostileXml for DTDs/entities and BadRequest for anything that is not XML.
+    """
+    try:
+        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as exc:
+        raise HostileXml(f"XML with a DTD or entities refused ({type(exc).__name__})") from None
+    except (ParseError, ValueError) as exc:
+        raise BadRequest(f"malformed XML: {exc}") from None
+    if root.tag != "xml":
+        raise BadRequest(f"root element is <{root.tag}>, expected <xml>")
+    return {child.tag: (child.text or "").strip() for child in root}
+
+
+def dedup_key(fields: dict[str, str]) -> str:
+    """The key under which WeChat's retries of one delivery are recognised.
+
+    Messages: MsgId + FromUserName + CreateTime (MsgId alone has collided, WxJava#333).
+    Events have no MsgId: FromUserName + CreateTime + Event + EventKey.
+    """
+    sender = fields.get("FromUserName", "")
+    created = fields.get("CreateTime", "")
+    msg_id = fields.get("MsgId") or fields.get("MsgID")
+    if msg_id and fields.get("MsgType", "").lower() != "event":
+        return f"msg:{msg_id}:{sender}:{created}"
+    return f"evt:{sender}:{created}:{fields.get('Event', '')}:{fields.get('EventKey', '')}"
+
+
+def normalize(fields: dict[str, str]) -> dict[str, Any]:
+    """The normalized message document (see docs/message-schema.md)."""
+    for required in ("ToUserName", "FromUserName", "CreateTime", "MsgType"):
+        if not fields.get(required):
+            raise BadRequest(f"message lacks <{required}>")
+    try:
+        create_time = int(fields["CreateTime"])
+    except ValueError:
+        raise BadRequest("<CreateTime> is not an integer") from None
+    message: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "msg_id": fields.get("MsgId") or fields.get("MsgID") or None,
+        "dedup_key": dedup_key(fields),
+        "type": fields["MsgType"].lower(),
+        "openid": fields["FromUserName"],
+        "account_id": fields["ToUserName"],
+        "create_time": create_time,
+    }
+    for tag, (name, convert) in _FIELDS.items():
+        value = fields.get(tag)
+        if not value:
+            continue  # absent or empty: an empty <Recognition/> means "no recognition"
+        try:
+            message[name] = convert(value)
+        except ValueError:
+            raise BadRequest(f"<{tag}> has value {value!r}, not a {convert.__name__}") from None
+    return message
