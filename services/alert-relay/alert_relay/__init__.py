@@ -1,0 +1,1 @@
+"""Alertmanager webhook -> WeCom (企业微信) group robot: each notification as one message."""
