@@ -61,14 +61,31 @@ def main() -> int:
     processes = []
     ai_dir = ROOT / "services" / "ai-api"
     if (ai_dir / "celestial_nexus" / "api.py").exists():
-        processes.append(subprocess.Popen(  # noqa: S603
-            [str(BIN / "uvicorn"), "celestial_nexus.api:app", "--host", host, "--port", ai_port],
-            cwd=ai_dir, env=env))
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "uvicorn"),
+                    "celestial_nexus.api:app",
+                    "--host",
+                    host,
+                    "--port",
+                    ai_port,
+                ],
+                cwd=ai_dir,
+                env=env,
+            )
+        )
     else:
-        sys.stderr.write("make run: no AI API yet; the gateway answers with WECHAT_FALLBACK_REPLY\n")
-    processes.append(subprocess.Popen(  # noqa: S603
-        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wechat_gateway.wsgi:app"],
-        cwd=ROOT / "services" / "wechat-gateway", env=env))
+        sys.stderr.write(
+            "make run: no AI API yet; the gateway answers with WECHAT_FALLBACK_REPLY\n"
+        )
+    processes.append(
+        subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wechat_gateway.wsgi:app"],
+            cwd=ROOT / "services" / "wechat-gateway",
+            env=env,
+        )
+    )
     sys.stderr.write(
         f"make run: gateway http://{host}:{port}/wechat  (health: /health, metrics: /metrics)\n"
         f"          AI API  http://{host}:{ai_port}/v1/reply  (docs: /docs)\n"
@@ -78,6 +95,7 @@ def main() -> int:
 
 def _supervise(processes: list[subprocess.Popen]) -> int:
     """Wait until one process exits or Ctrl-C; then stop the others."""
+
     def stop(*_: object) -> None:
         for proc in processes:
             if proc.poll() is None:

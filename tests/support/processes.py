@@ -1,4 +1,4 @@
-"""Start real programs (redis-server, gunicorn, uvicorn, nginx, prometheus ...) on loopback for tests.
+"""Start real programs (redis-server, gunicorn, uvicorn, nginx, prometheus) on loopback.
 
 Every helper waits on an event (a port accepting connections, an HTTP answer), never on
 a fixed sleep, and every process is stopped by the fixture that started it.
@@ -34,9 +34,7 @@ def in_ci() -> bool:
 
 def require_binary(name: str, install_hint: str = "") -> str:
     """Return the path of `name`; skip the test without it, or fail under CI."""
-    path = shutil.which(name) or (
-        str(VENV_BIN / name) if (VENV_BIN / name).exists() else None
-    )
+    path = shutil.which(name) or (str(VENV_BIN / name) if (VENV_BIN / name).exists() else None)
     if path:
         return path
     reason = f"{name} is not installed ({install_hint or 'see .ci/run'})"
@@ -74,7 +72,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=1) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError):
         return False
@@ -128,7 +126,7 @@ def start_process(
     log_path = log_dir / f"{name}.log"
     log_file = log_path.open("ab")
     full_env = {**os.environ, **(env or {})}
-    popen = subprocess.Popen(  # noqa: S603 - argv built by the tests
+    popen = subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=full_env,
@@ -156,15 +154,30 @@ def start_redis(log_dir: Path, port: int | None = None) -> Process:
     port = port or free_port()
     data_dir = log_dir / f"redis-{port}"
     data_dir.mkdir(exist_ok=True)
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(data_dir)]
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+    ]
     proc = start_process(f"redis-{port}", argv, log_dir, port=port)
     proc.extra["url"] = f"redis://127.0.0.1:{port}/0"
     return proc
 
 
 def start_gateway(
-    log_dir: Path, env: Mapping[str, str], *, port: int | None = None, workers: int = 2,
+    log_dir: Path,
+    env: Mapping[str, str],
+    *,
+    port: int | None = None,
+    workers: int = 2,
     name: str = "gateway",
 ) -> Process:
     """The gateway under Gunicorn with its production config file, on 127.0.0.1."""
@@ -179,9 +192,16 @@ def start_gateway(
     }
     argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wechat_gateway.wsgi:app"]
     proc = start_process(
-        f"{name}-{port}", argv, log_dir, env=full_env, cwd=GATEWAY_DIR, port=port,
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health")
-        or _health_answers(f"http://127.0.0.1:{port}/health"),
+        f"{name}-{port}",
+        argv,
+        log_dir,
+        env=full_env,
+        cwd=GATEWAY_DIR,
+        port=port,
+        ready=lambda: (
+            http_ok(f"http://127.0.0.1:{port}/health")
+            or _health_answers(f"http://127.0.0.1:{port}/health")
+        ),
     )
     proc.extra["url"] = f"http://127.0.0.1:{port}"
     return proc
@@ -190,7 +210,7 @@ def start_gateway(
 def _health_answers(url: str) -> bool:
     """A degraded /health (503) still means the server is up."""
     try:
-        urllib.request.urlopen(url, timeout=1)  # noqa: S310 - loopback only
+        urllib.request.urlopen(url, timeout=1)
     except urllib.error.HTTPError:
         return True
     except (urllib.error.URLError, OSError):
@@ -198,15 +218,143 @@ def _health_answers(url: str) -> bool:
     return True
 
 
-def start_ai_api(log_dir: Path, env: Mapping[str, str] | None = None, *,
-                 port: int | None = None) -> Process:
+def start_ai_api(
+    log_dir: Path, env: Mapping[str, str] | None = None, *, port: int | None = None
+) -> Process:
     """The AI API under Uvicorn, on 127.0.0.1."""
     port = port or free_port()
-    argv = [str(VENV_BIN / "uvicorn"), "celestial_nexus.api:app", "--host", "127.0.0.1",
-            "--port", str(port), "--no-access-log"]
+    argv = [
+        str(VENV_BIN / "uvicorn"),
+        "celestial_nexus.api:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
     proc = start_process(
-        f"ai-api-{port}", argv, log_dir, env=dict(env or {}), cwd=AI_API_DIR, port=port,
-        ready=lambda: _health_answers(f"http://127.0.0.1:{port}/health"), ready_timeout_s=60,
+        f"ai-api-{port}",
+        argv,
+        log_dir,
+        env=dict(env or {}),
+        cwd=AI_API_DIR,
+        port=port,
+        ready=lambda: _health_answers(f"http://127.0.0.1:{port}/health"),
+        ready_timeout_s=60,
     )
     proc.extra["url"] = f"http://127.0.0.1:{port}"
     return proc
+
+
+NGINX_CONF = REPO_ROOT / "infra" / "nginx" / "conf.d" / "celestial-nexus.conf"
+
+
+def make_self_signed_cert(directory: Path) -> Path:
+    """fullchain.pem + privkey.pem for localhost and 127.0.0.1 (what `make certs` makes)."""
+    openssl = require_binary("openssl", "apt-get install openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(directory / "privkey.pem"),
+            "-out",
+            str(directory / "fullchain.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return directory / "fullchain.pem"
+
+
+def render_nginx_conf(
+    dest: Path,
+    *,
+    gateway_addr: str,
+    http_port: int,
+    https_port: int,
+    status_port: int,
+    cert_dir: Path,
+    listen_host: str = "127.0.0.1",
+) -> Path:
+    """A runnable copy of infra/nginx for processes on loopback; returns its nginx.conf.
+
+    The server blocks are the production file with exactly these swaps, each required to
+    occur (so the copy cannot silently drift): listen ports, the certificate directory, the
+    log and ACME paths, and the gateway address (127.0.0.1 instead of Docker's DNS name).
+    A small main file supplies what the nginx image's own nginx.conf would.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "acme").mkdir(exist_ok=True)
+    text = NGINX_CONF.read_text()
+    swaps = [
+        ("listen 80 default_server;", f"listen {listen_host}:{http_port} default_server;"),
+        (
+            "listen 443 ssl http2 default_server;",
+            f"listen {listen_host}:{https_port} ssl http2 default_server;",
+        ),
+        ("listen 8080;", f"listen {listen_host}:{status_port};"),
+        ("/etc/nginx/certs/", f"{cert_dir}/"),
+        ("/var/log/nginx/access.log", f"{dest}/access.log"),
+        ("root /var/www/acme;", f"root {dest}/acme;"),
+        ("http://wechat-gateway:9090", f"http://{gateway_addr}"),
+    ]
+    for old, new in swaps:
+        if old not in text:
+            raise ValueError(f"{NGINX_CONF} no longer contains {old!r}: update render_nginx_conf")
+        text = text.replace(old, new)
+    (dest / "celestial-nexus.conf").write_text(text)
+    # As root, workers would run as `nobody`, which cannot enter pytest's 0700 temp dirs.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    temp = "\n".join(
+        f"    {kind}_temp_path {dest}/{kind}_temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    main = (
+        f"{user}daemon off;\nworker_processes 1;\npid {dest}/nginx.pid;\n"
+        f"error_log {dest}/error.log info;\nevents {{ worker_connections 256; }}\n"
+        f"http {{\n    default_type application/octet-stream;\n{temp}\n"
+        f"    include {dest}/celestial-nexus.conf;\n}}\n"
+    )
+    (dest / "nginx.conf").write_text(main)
+    return dest / "nginx.conf"
+
+
+def nginx_test(conf: Path) -> subprocess.CompletedProcess:
+    """`nginx -t` on a rendered config (its prefix and error log inside the copy)."""
+    nginx = require_binary("nginx", "apt-get install nginx")
+    return subprocess.run(
+        [
+            nginx,
+            "-t",
+            "-p",
+            str(conf.parent),
+            "-e",
+            str(conf.parent / "error.log"),
+            "-c",
+            str(conf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def start_nginx(conf: Path, log_dir: Path, https_port: int) -> Process:
+    """nginx in the foreground on a rendered config; ready when the TLS port accepts."""
+    nginx = require_binary("nginx", "apt-get install nginx")
+    argv = [nginx, "-p", str(conf.parent), "-e", str(conf.parent / "error.log"), "-c", str(conf)]
+    return start_process(f"nginx-{https_port}", argv, log_dir, port=https_port)

@@ -1,4 +1,4 @@
-"""A WeChat simulator for tests: signs, encrypts, cuts at 5 s, retries, and reports what the user sees.
+"""A WeChat simulator: signs, encrypts, cuts at 5 s, retries, reports what the user sees.
 
 WeChat's side of the crypto is done with wechatpy, an independent implementation, so every
 test that goes through the simulator also cross-checks our framing, padding, signatures
@@ -39,24 +39,45 @@ class Account:
 
     def env(self) -> dict[str, str]:
         """Gateway environment variables for this account."""
-        return {"WECHAT_TOKEN": self.token, "WECHAT_APPID": self.appid,
-                "WECHAT_ENCODING_AES_KEY": self.encoding_aes_key}
+        return {
+            "WECHAT_TOKEN": self.token,
+            "WECHAT_APPID": self.appid,
+            "WECHAT_ENCODING_AES_KEY": self.encoding_aes_key,
+        }
 
 
-def text_message(content: str, *, openid: str = "oUser0001", msg_id: str | None = None,
-                 create_time: int | None = None, account_id: str = ACCOUNT_ID) -> dict[str, str]:
+def text_message(
+    content: str,
+    *,
+    openid: str = "oUser0001",
+    msg_id: str | None = None,
+    create_time: int | None = None,
+    account_id: str = ACCOUNT_ID,
+) -> dict[str, str]:
     return {
-        "ToUserName": account_id, "FromUserName": openid,
-        "CreateTime": str(create_time or int(time.time())), "MsgType": "text",
-        "Content": content, "MsgId": msg_id or str(secrets.randbelow(10**17)),
+        "ToUserName": account_id,
+        "FromUserName": openid,
+        "CreateTime": str(create_time or int(time.time())),
+        "MsgType": "text",
+        "Content": content,
+        "MsgId": msg_id or str(secrets.randbelow(10**17)),
     }
 
 
-def event_message(event: str, *, event_key: str | None = None, openid: str = "oUser0001",
-                  create_time: int | None = None, **extra: str) -> dict[str, str]:
+def event_message(
+    event: str,
+    *,
+    event_key: str | None = None,
+    openid: str = "oUser0001",
+    create_time: int | None = None,
+    **extra: str,
+) -> dict[str, str]:
     fields = {
-        "ToUserName": ACCOUNT_ID, "FromUserName": openid,
-        "CreateTime": str(create_time or int(time.time())), "MsgType": "event", "Event": event,
+        "ToUserName": ACCOUNT_ID,
+        "FromUserName": openid,
+        "CreateTime": str(create_time or int(time.time())),
+        "MsgType": "event",
+        "Event": event,
     }
     if event_key is not None:
         fields["EventKey"] = event_key
@@ -100,9 +121,16 @@ class Delivery:
 class WeChatSimulator:
     """Sends callbacks the way WeChat's servers do and reads replies the way WeChat does."""
 
-    def __init__(self, url: str, account: Account | None = None, *, mode: str = "safe",
-                 cut_s: float = 5.0, max_attempts: int = 3,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        account: Account | None = None,
+        *,
+        mode: str = "safe",
+        cut_s: float = 5.0,
+        max_attempts: int = 3,
+        session: requests.Session | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.account = account or Account()
         self.mode = mode
@@ -112,22 +140,38 @@ class WeChatSimulator:
         self.session.verify = False  # self-signed certificates in tests
 
     # -- requests ---------------------------------------------------------------------
-    def verify_url(self, echostr: str = "4375120948345356249", **overrides: str) -> requests.Response:
+    def verify_url(
+        self, echostr: str = "4375120948345356249", **overrides: str
+    ) -> requests.Response:
         timestamp, nonce = str(int(time.time())), str(secrets.randbelow(10**10))
-        params = {"signature": sign(self.account.token, timestamp, nonce), "timestamp": timestamp,
-                  "nonce": nonce, "echostr": echostr, **overrides}
+        params = {
+            "signature": sign(self.account.token, timestamp, nonce),
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "echostr": echostr,
+            **overrides,
+        }
         return self.session.get(self.url, params=params, timeout=self.cut_s)
 
-    def build_request(self, fields: dict[str, str], *, mode: str | None = None,
-                      timestamp: str | None = None,
-                      nonce: str | None = None) -> tuple[dict[str, str], bytes]:
+    def build_request(
+        self,
+        fields: dict[str, str],
+        *,
+        mode: str | None = None,
+        timestamp: str | None = None,
+        nonce: str | None = None,
+    ) -> tuple[dict[str, str], bytes]:
         """Query parameters and body of one callback, as WeChat would send them."""
         mode = mode or self.mode
         timestamp = timestamp or str(int(time.time()))
         nonce = nonce or str(secrets.randbelow(10**10))
         token = self.account.token
-        params = {"signature": sign(token, timestamp, nonce), "timestamp": timestamp,
-                  "nonce": nonce, "openid": fields.get("FromUserName", "")}
+        params = {
+            "signature": sign(token, timestamp, nonce),
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "openid": fields.get("FromUserName", ""),
+        }
         plain = to_xml(fields)
         if mode == "plain":
             return params, plain.encode()
@@ -146,14 +190,16 @@ class WeChatSimulator:
     def post_raw(self, params: dict[str, str], body: bytes, *, number: int = 1) -> Attempt:
         started = time.monotonic()
         try:
-            response = self.session.post(self.url, params=params, data=body,
-                                         timeout=(self.cut_s, self.cut_s))
+            response = self.session.post(
+                self.url, params=params, data=body, timeout=(self.cut_s, self.cut_s)
+            )
         except requests.Timeout:
             return Attempt(number, None, b"", time.monotonic() - started, verdict="timeout")
         elapsed = time.monotonic() - started
         if elapsed > self.cut_s:
-            return Attempt(number, response.status_code, response.content, elapsed,
-                           verdict="timeout")
+            return Attempt(
+                number, response.status_code, response.content, elapsed, verdict="timeout"
+            )
         attempt = Attempt(number, response.status_code, response.content, elapsed)
         self._judge(attempt)
         return attempt
@@ -199,7 +245,7 @@ class WeChatSimulator:
 
 def parse_fields(body: bytes) -> dict[str, str]:
     """Top-level fields of a reply; nested news items flattened as Articles.<Tag>."""
-    root = ET.fromstring(body)  # noqa: S314 - our own server's output
+    root = ET.fromstring(body)
     fields: dict[str, str] = {}
     for child in root:
         if len(child):

@@ -37,7 +37,9 @@ class AIClient:
         self.health_url = base_url.rstrip("/") + "/health"
         self.session = session or requests.Session()
 
-    def reply(self, message: dict[str, Any], deadline_s: float, request_id: str = "") -> dict | None:
+    def reply(
+        self, message: dict[str, Any], deadline_s: float, request_id: str = ""
+    ) -> dict | None:
         """The AI API's reply document for `message`, or None for "nothing to say"."""
         started = time.monotonic()
         try:
@@ -53,7 +55,9 @@ class AIClient:
         headers = {DEADLINE_HEADER: str(int(deadline_s * 1000)), "X-Request-Id": request_id}
         try:
             response = self.session.post(
-                self.reply_url, json=message, headers=headers,
+                self.reply_url,
+                json=message,
+                headers=headers,
                 timeout=(_CONNECT_TIMEOUT_S, deadline_s + _READ_MARGIN_S),
             )
         except requests.Timeout:

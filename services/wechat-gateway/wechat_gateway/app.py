@@ -36,19 +36,27 @@ class Services:
         """STRICT_WECHAT_VERIFY=0: log and count the failure, let the request through."""
         for failure in failures:
             self.count_failure(failure)
-            log.warning("verification failed but STRICT_WECHAT_VERIFY=0 lets it through: %s",
-                        failure.message, extra={"event": "verify_tolerated",
-                                                "reason": failure.reason})
+            log.warning(
+                "verification failed but STRICT_WECHAT_VERIFY=0 lets it through: %s",
+                failure.message,
+                extra={"event": "verify_tolerated", "reason": failure.reason},
+            )
 
     def count_failure(self, error: GatewayError) -> None:
         if error.outcome in ("bad_signature", "stale_timestamp"):
             metrics.SIGNATURE_FAILURES.labels(reason=error.reason).inc()
-            log.warning("signature check failed: %s", error.message,
-                        extra={"event": "signature_fail", "reason": error.reason})
+            log.warning(
+                "signature check failed: %s",
+                error.message,
+                extra={"event": "signature_fail", "reason": error.reason},
+            )
         elif error.outcome == "decrypt_failed":
             metrics.DECRYPT_FAILURES.labels(reason=error.reason).inc()
-            log.warning("decryption failed: %s", error.message,
-                        extra={"event": "decrypt_fail", "reason": error.reason})
+            log.warning(
+                "decryption failed: %s",
+                error.message,
+                extra={"event": "decrypt_fail", "reason": error.reason},
+            )
 
     def health(self) -> dict:
         """Component states, cached briefly so a busy health checker costs nothing."""
@@ -62,14 +70,20 @@ class Services:
         ai_state = "ok" if self.ai is not None and self.ai.healthy() else "down"
         components = {"redis": redis_state, "ai_api": ai_state, "dedup_store": self.store.name}
         overall = "ok" if redis_state != "down" and ai_state == "ok" else "degraded"
-        document = {"status": overall, "components": components,
-                    "slow_reply_mode": self.settings.slow_reply_mode}
+        document = {
+            "status": overall,
+            "components": components,
+            "slow_reply_mode": self.settings.slow_reply_mode,
+        }
         self._health = (time.monotonic(), document)
         return document
 
 
 def create_app(settings: Settings | None = None, *, sender: CustomSender | None = None) -> Flask:
-    """The gateway's Flask app. Without `settings` they are read from the environment."""
+    """The gateway's Flask app. Without `settings` they are read from the environment.
+
+    `sender` replaces the customer-service client (tests pass a recording one).
+    """
     settings = settings or Settings.from_env(os.environ)
     logs.configure(settings.log_level, settings.log_format)
     app = Flask(__name__)
@@ -102,30 +116,51 @@ def _log_and_count(response):
     method = request.method if request.method in ("GET", "POST") else "OTHER"
     outcome = fields.get("outcome", "ok" if response.status_code < 400 else "rejected")
     if request.path == "/wechat":
-        metrics.REQUESTS.labels(method=method, mode=fields.get("mode", "unknown"),
-                                outcome=outcome).inc()
+        metrics.REQUESTS.labels(
+            method=method, mode=fields.get("mode", "unknown"), outcome=outcome
+        ).inc()
         metrics.REQUEST_LATENCY.labels(method=method).observe(latency_s)
-    log.info("request", extra={
-        "event": "request", "method": request.method, "route": request.path,
-        "status": response.status_code, "latency_ms": round(latency_s * 1000, 1),
-        "client_ip": request.remote_addr, "request_id": g.get("request_id"), **fields,
-        "outcome": outcome,
-    })
+    log.info(
+        "request",
+        extra={
+            "event": "request",
+            "method": request.method,
+            "route": request.path,
+            "status": response.status_code,
+            "latency_ms": round(latency_s * 1000, 1),
+            "client_ip": request.remote_addr,
+            "request_id": g.get("request_id"),
+            **fields,
+            "outcome": outcome,
+        },
+    )
     return response
 
 
 def _log_startup(settings: Settings) -> None:
     account = settings.account
-    log.info("gateway starting", extra={
-        "event": "startup", "appid": account.appid, "accepted_tokens": len(account.accepted_tokens),
-        "aes_keys": len(account.aes_keys), "strict": settings.strict_verify,
-        "dedup": "redis" if settings.redis_url else "local", "ai_api_url": settings.ai_api_url,
-        "slow_reply_mode": settings.slow_reply_mode, "deploy_env": settings.deploy_env,
-    })
+    log.info(
+        "gateway starting",
+        extra={
+            "event": "startup",
+            "appid": account.appid,
+            "accepted_tokens": len(account.accepted_tokens),
+            "aes_keys": len(account.aes_keys),
+            "strict": settings.strict_verify,
+            "dedup": "redis" if settings.redis_url else "local",
+            "ai_api_url": settings.ai_api_url,
+            "slow_reply_mode": settings.slow_reply_mode,
+            "deploy_env": settings.deploy_env,
+        },
+    )
     if settings.uses_development_defaults:
-        log.warning("!!! USING THE DEVELOPMENT TOKEN/AES KEY FROM .env.example: fine on a laptop, "
-                    "never in production (set WECHAT_TOKEN and WECHAT_ENCODING_AES_KEY) !!!",
-                    extra={"event": "development_defaults"})
+        log.warning(
+            "!!! USING THE DEVELOPMENT TOKEN/AES KEY FROM .env.example: fine on a laptop, "
+            "never in production (set WECHAT_TOKEN and WECHAT_ENCODING_AES_KEY) !!!",
+            extra={"event": "development_defaults"},
+        )
     if not settings.strict_verify:
-        log.warning("STRICT_WECHAT_VERIFY=0: failed signatures are let through (development only)",
-                    extra={"event": "strict_off"})
+        log.warning(
+            "STRICT_WECHAT_VERIFY=0: failed signatures are let through (development only)",
+            extra={"event": "strict_off"},
+        )

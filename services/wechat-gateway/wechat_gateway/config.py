@@ -20,7 +20,8 @@ LOG_FORMATS = ("json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEPLOY_ENVS = ("development", "production")
 
-# The values shipped in .env.example. `make run` uses them on a fresh clone; production refuses them.
+# The values shipped in .env.example: `make run` uses them on a fresh clone,
+# production refuses them.
 DEVELOPMENT_TOKEN = "celestial-dev-token"  # noqa: S105 - a published development value
 DEVELOPMENT_AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 DEFAULT_FALLBACK_REPLY = "抱歉，服务暂时繁忙，请稍后再试。"
@@ -223,7 +224,9 @@ class _SettingsReader:
     def redis_url(self) -> str | None:
         value = self.raw("REDIS_URL")
         if value is not None and not re.match(r"^(redis|rediss|unix)://", value):
-            raise ConfigError(f"REDIS_URL has value {value!r}: must start with redis://, rediss:// or unix://")
+            raise ConfigError(
+                f"REDIS_URL has value {value!r}: must start with redis://, rediss:// or unix://"
+            )
         return value
 
     def uses_development_values(self) -> bool:

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER_SENT = "placeholder_sent"
 CUSTOM_PENDING = "custom_pending"
-HANDOFF_FLAGS = (PLACEHOLDER_SENT, CUSTOM_PENDING)
+ABANDONED = "abandoned"  # WECHAT_SLOW_REPLY_MODE=off: the user got the fallback, drop the answer
+HANDOFF_FLAGS = (PLACEHOLDER_SENT, CUSTOM_PENDING)  # the flags that ask for late delivery
 
 
 @dataclass
@@ -90,15 +91,27 @@ class LocalStore:
 
     @staticmethod
     def _view(key: str, state: dict[str, Any], is_new: bool, attempt: int) -> Job:
-        return Job(key, is_new, attempt, state["owner"], state["started_at"],
-                   state["lease_until"], state.get("answer"), "local")
+        return Job(
+            key,
+            is_new,
+            attempt,
+            state["owner"],
+            state["started_at"],
+            state["lease_until"],
+            state.get("answer"),
+            "local",
+        )
 
     def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
         with self._lock:
             state = self._live(self._jobs, key)
             if state is None:
-                state = {"owner": owner, "started_at": now, "lease_until": now + lease_s,
-                         "attempts": 1}
+                state = {
+                    "owner": owner,
+                    "started_at": now,
+                    "lease_until": now + lease_s,
+                    "attempts": 1,
+                }
                 self._put(self._jobs, key, state, window_s)
                 return self._view(key, state, True, 1)
             state["attempts"] += 1
@@ -200,9 +213,16 @@ class RedisStore:
     def _view(self, key: str, raw: dict[bytes, bytes], is_new: bool) -> Job:
         state = {k.decode(): v.decode() for k, v in raw.items()}
         answer = json.loads(state["answer"]) if "answer" in state else None
-        return Job(key, is_new, int(state.get("attempts", 1)), state.get("owner", ""),
-                   float(state.get("started_at", 0)), float(state.get("lease_until", 0)),
-                   answer, "redis")
+        return Job(
+            key,
+            is_new,
+            int(state.get("attempts", 1)),
+            state.get("owner", ""),
+            float(state.get("started_at", 0)),
+            float(state.get("lease_until", 0)),
+            answer,
+            "redis",
+        )
 
     def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
         job_key = self._job_key(key)
@@ -225,8 +245,9 @@ class RedisStore:
         return bool(self._renew(keys=[self._job_key(key)], args=[owner, repr(lease_until)]))
 
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
-        return bool(self._take_over(keys=[self._job_key(key)],
-                                    args=[owner, repr(now), repr(now + lease_s)]))
+        return bool(
+            self._take_over(keys=[self._job_key(key)], args=[owner, repr(now), repr(now + lease_s)])
+        )
 
     def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
         pipe = self.client.pipeline(transaction=True)
@@ -266,8 +287,13 @@ class FailoverStore:
     which wechat_redis_up=0 and the RedisDown alert make visible.
     """
 
-    def __init__(self, primary: RedisStore, fallback: LocalStore, retry_after_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        primary: RedisStore,
+        fallback: LocalStore,
+        retry_after_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.primary = primary
         self.fallback = fallback
         self.retry_after_s = retry_after_s
@@ -291,8 +317,10 @@ class FailoverStore:
                 self._mark_down(exc)
             else:
                 if self._down_until:
-                    log.info("redis reachable again; dedup store back on redis",
-                             extra={"event": "redis_up"})
+                    log.info(
+                        "redis reachable again; dedup store back on redis",
+                        extra={"event": "redis_up"},
+                    )
                     self._down_until = 0.0
                     metrics.REDIS_UP.set(1)
                 return result
@@ -300,8 +328,11 @@ class FailoverStore:
 
     def _mark_down(self, exc: Exception) -> None:
         if not self._down_until:
-            log.warning("redis unreachable (%s); using the in-process dedup store",
-                        type(exc).__name__, extra={"event": "redis_down"})
+            log.warning(
+                "redis unreachable (%s); using the in-process dedup store",
+                type(exc).__name__,
+                extra={"event": "redis_down"},
+            )
         self._down_until = self.clock() + self.retry_after_s
         metrics.REDIS_UP.set(0)
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from . import metrics
 from .ai_client import AIClient, AIError
 from .config import Settings
-from .dedup import CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore
+from .dedup import ABANDONED, CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,15 @@ def user_key(message: dict[str, Any]) -> str:
 class Delivery:
     """Runs jobs and answers attempts; one per worker process."""
 
-    def __init__(self, settings: Settings, store: JobStore, ai: AIClient | None,
-                 sender: CustomSender | None = None,
-                 clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        ai: AIClient | None,
+        sender: CustomSender | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.ai = ai
@@ -82,8 +87,10 @@ class Delivery:
         metrics.DELIVERY_ATTEMPTS.labels(attempt=attempt_label).inc()
         if not job.is_new:
             metrics.DEDUP_HITS.labels(store=job.store).inc()
-            log.info("dedup hit", extra={"event": "dedup_hit", "attempt": job.attempt,
-                                         "store": job.store})
+            log.info(
+                "dedup hit",
+                extra={"event": "dedup_hit", "attempt": job.attempt, "store": job.store},
+            )
         elif self._start_from_parked(message, key):
             pass
         else:
@@ -108,8 +115,9 @@ class Delivery:
         self.store.finish(key, {**parked, "source": "parked"})
         return True
 
-    def _delivered(self, answer: dict[str, Any], attempt: int, dedup_hit: bool,
-                   arrival: float) -> Outcome:
+    def _delivered(
+        self, answer: dict[str, Any], attempt: int, dedup_hit: bool, arrival: float
+    ) -> Outcome:
         source = answer.get("source")
         if source in ("parked", "fallback"):
             path = source
@@ -122,30 +130,36 @@ class Delivery:
             metrics.FALLBACK_REPLIES.inc()
         return Outcome(answer.get("reply"), path, attempt, dedup_hit)
 
-    def _late(self, key: str, attempt: int, dedup_hit: bool, arrival: float,
-              last: bool) -> Outcome:
+    def _late(self, key: str, attempt: int, dedup_hit: bool, arrival: float, last: bool) -> Outcome:
         mode = self.settings.slow_reply_mode
         if not last:
-            log.info("answer not ready; holding past WeChat's cut so it retries",
-                     extra={"event": "held", "attempt": attempt})
+            log.info(
+                "answer not ready; holding past WeChat's cut so it retries",
+                extra={"event": "held", "attempt": attempt},
+            )
             return Outcome(None, "held", attempt, dedup_hit, held=True)
-        flag = CUSTOM_PENDING if mode == "custom" else PLACEHOLDER_SENT
+        flag = {"custom": CUSTOM_PENDING, "retry": PLACEHOLDER_SENT}.get(mode, ABANDONED)
         answer = self.store.hand_off(key, flag)
         if answer is not None:  # arrived between the wait and the hand-off
             return self._delivered(answer, attempt, dedup_hit, arrival)
         if mode == "custom":
-            log.info("answer late; success now, customer-service push later",
-                     extra={"event": "custom_pending", "attempt": attempt})
+            log.info(
+                "answer late; success now, customer-service push later",
+                extra={"event": "custom_pending", "attempt": attempt},
+            )
             return Outcome(None, "custom_pending", attempt, dedup_hit)
         if mode == "off":
             metrics.FALLBACK_REPLIES.inc()
             self._count_reply("fallback", None)
             return Outcome(self._text(self.settings.fallback_reply), "fallback", attempt, dedup_hit)
         self._count_reply("placeholder", None)
-        log.info("answer late on the last attempt; placeholder sent, answer will be parked",
-                 extra={"event": "placeholder", "attempt": attempt})
-        return Outcome(self._text(self.settings.placeholder_reply), "placeholder", attempt,
-                       dedup_hit)
+        log.info(
+            "answer late on the last attempt; placeholder sent, answer will be parked",
+            extra={"event": "placeholder", "attempt": attempt},
+        )
+        return Outcome(
+            self._text(self.settings.placeholder_reply), "placeholder", attempt, dedup_hit
+        )
 
     def _count_reply(self, path: str, answer: dict[str, Any] | None) -> None:
         metrics.REPLIES.labels(path=path).inc()
@@ -166,8 +180,9 @@ class Delivery:
         return self.settings.reply_budget_s
 
     # -- waiting ----------------------------------------------------------------------
-    def _wait(self, key: str, until: float, message: dict[str, Any],
-              request_id: str) -> dict[str, Any] | None:
+    def _wait(
+        self, key: str, until: float, message: dict[str, Any], request_id: str
+    ) -> dict[str, Any] | None:
         """The job's answer once it exists, or None at `until`; takes over an orphaned job."""
         while True:
             job = self.store.get(key)
@@ -187,26 +202,40 @@ class Delivery:
             else:
                 self.sleep(min(remaining, _REMOTE_POLL_S))
 
-    def _take_over(self, key: str, started_at: float, message: dict[str, Any],
-                   request_id: str) -> None:
+    def _take_over(
+        self, key: str, started_at: float, message: dict[str, Any], request_id: str
+    ) -> None:
         now = self.clock()
         if self.store.take_over(key, self.owner, now, self.settings.job_lease_s):
             remaining = started_at + self._window_s() - now
-            log.warning("job owner stopped renewing its lease; taking the job over",
-                        extra={"event": "job_takeover"})
+            log.warning(
+                "job owner stopped renewing its lease; taking the job over",
+                extra={"event": "job_takeover"},
+            )
             self._start_job(message, key, max(remaining, 0.5), request_id)
 
     # -- the job itself ---------------------------------------------------------------
-    def _start_job(self, message: dict[str, Any], key: str, window_s: float,
-                   request_id: str) -> None:
+    def _start_job(
+        self, message: dict[str, Any], key: str, window_s: float, request_id: str
+    ) -> None:
         done = threading.Event()
         self._done[key] = done
-        thread = threading.Thread(target=self._run_job, args=(message, key, window_s,
-                                  request_id, done), daemon=True, name=f"job-{key[:24]}")
+        thread = threading.Thread(
+            target=self._run_job,
+            args=(message, key, window_s, request_id, done),
+            daemon=True,
+            name=f"job-{key[:24]}",
+        )
         thread.start()
 
-    def _run_job(self, message: dict[str, Any], key: str, window_s: float, request_id: str,
-                 done: threading.Event) -> None:
+    def _run_job(
+        self,
+        message: dict[str, Any],
+        key: str,
+        window_s: float,
+        request_id: str,
+        done: threading.Event,
+    ) -> None:
         started = self.clock()
         keeper = threading.Thread(target=self._keep_lease, args=(key, done), daemon=True)
         keeper.start()
@@ -228,8 +257,12 @@ class Delivery:
         try:
             return {"reply": self.ai.reply(message, window_s, request_id), "source": "ai"}
         except AIError as exc:
-            log.warning("AI API failed (%s): %s; answering with WECHAT_FALLBACK_REPLY",
-                        exc.reason, exc, extra={"event": "ai_error", "reason": exc.reason})
+            log.warning(
+                "AI API failed (%s): %s; answering with WECHAT_FALLBACK_REPLY",
+                exc.reason,
+                exc,
+                extra={"event": "ai_error", "reason": exc.reason},
+            )
             return {"reply": self._text(self.settings.fallback_reply), "source": "fallback"}
 
     def _keep_lease(self, key: str, done: threading.Event) -> None:
@@ -240,16 +273,18 @@ class Delivery:
             except Exception:
                 log.exception("lease renewal failed", extra={"event": "lease_error"})
 
-    def _hand_over_late_answer(self, message: dict[str, Any], answer: dict[str, Any],
-                               flags: set[str]) -> None:
-        """The answer came after the last attempt gave up: push it or park it."""
-        if answer.get("reply") is None:
+    def _hand_over_late_answer(
+        self, message: dict[str, Any], answer: dict[str, Any], flags: set[str]
+    ) -> None:
+        """The answer came after the last attempt gave up: push it or park it.
+
+        A fallback is not parked: the user's next message deserves a real attempt.
+        """
+        if not flags or answer.get("reply") is None or answer.get("source") == "fallback":
             return
-        if CUSTOM_PENDING in flags and self.sender is not None:
-            if self.sender.deliver(message["openid"], answer["reply"]):
-                self._count_reply("custom", answer)
-                return
-        if flags:
-            self.store.park(user_key(message), answer, self.settings.parked_ttl_s)
-            log.info("late answer parked for the user's next message",
-                     extra={"event": "parked"})
+        pushed = CUSTOM_PENDING in flags and self.sender is not None
+        if pushed and self.sender.deliver(message["openid"], answer["reply"]):
+            self._count_reply("custom", answer)
+            return
+        self.store.park(user_key(message), answer, self.settings.parked_ttl_s)
+        log.info("late answer parked for the user's next message", extra={"event": "parked"})

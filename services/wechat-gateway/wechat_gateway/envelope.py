@@ -50,9 +50,7 @@ def required_params(query: Mapping[str, str], *names: str) -> list[str]:
     return [query[name] for name in names]
 
 
-def _check(
-    failure: GatewayError | None, strict: bool, tolerated: list[GatewayError]
-) -> None:
+def _check(failure: GatewayError | None, strict: bool, tolerated: list[GatewayError]) -> None:
     if failure is None:
         return
     if strict:
@@ -78,8 +76,13 @@ def verify_url(
 
 
 def open_callback(
-    query: Mapping[str, str], body: bytes, account: AccountSettings, *, strict: bool,
-    max_skew_s: int, now_s: float,
+    query: Mapping[str, str],
+    body: bytes,
+    account: AccountSettings,
+    *,
+    strict: bool,
+    max_skew_s: int,
+    now_s: float,
 ) -> OpenedCallback:
     """Verify and decode a POSTed callback in any of WeChat's three modes."""
     timestamp, nonce = required_params(query, "timestamp", "nonce")
@@ -97,17 +100,26 @@ def open_callback(
 
 
 def _open_encrypted(
-    query: Mapping[str, str], outer: dict[str, str], account: AccountSettings, strict: bool,
-    timestamp: str, nonce: str, tolerated: list[GatewayError],
+    query: Mapping[str, str],
+    outer: dict[str, str],
+    account: AccountSettings,
+    strict: bool,
+    timestamp: str,
+    nonce: str,
+    tolerated: list[GatewayError],
 ) -> OpenedCallback:
     encrypted = outer.get("Encrypt")
     if not encrypted:
         raise BadRequest("encrypt_type=aes but the body has no <Encrypt>")
     msg_sig = required_params(query, "msg_signature")[0]
-    if signature.matching_token(msg_sig, account.accepted_tokens, timestamp, nonce, encrypted) is None:
+    if (
+        signature.matching_token(msg_sig, account.accepted_tokens, timestamp, nonce, encrypted)
+        is None
+    ):
         _check(
             SignatureMismatch("msg_signature mismatch", reason="bad_msg_signature"),
-            strict, tolerated,
+            strict,
+            tolerated,
         )
     if not account.encryption_enabled:
         raise EncryptionNotConfigured("AES-mode callback but WECHAT_ENCODING_AES_KEY is not set")
@@ -119,7 +131,9 @@ def _open_encrypted(
     try:
         fields = messages.parse_xml(inner)
     except GatewayError as exc:
-        raise DecryptError(f"decrypted message is not valid XML: {exc.message}", reason="xml") from None
+        raise DecryptError(
+            f"decrypted message is not valid XML: {exc.message}", reason="xml"
+        ) from None
     mode = MODE_COMPAT if "MsgType" in outer else MODE_SAFE
     return OpenedCallback(mode, fields, timestamp, nonce, tolerated)
 
@@ -134,8 +148,13 @@ def _timestamp_failure(timestamp: str, now_s: float, max_skew_s: int) -> Gateway
 
 
 def seal_reply(
-    reply_xml: str, opened: OpenedCallback, account: AccountSettings, *, now_s: float,
-    random_bytes: Callable[[int], bytes] = os.urandom, nonce: str | None = None,
+    reply_xml: str,
+    opened: OpenedCallback,
+    account: AccountSettings,
+    *,
+    now_s: float,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+    nonce: str | None = None,
 ) -> bytes:
     """The HTTP body for a passive reply: encrypted and signed when the request was."""
     if not opened.encrypted:

@@ -10,9 +10,41 @@ from prometheus_client import Counter, Gauge, Histogram
 # 5 ms .. 5 s resolved finely (WeChat's cut is 5 s, the latency alert line is 1.5 s);
 # 7.5 s and 15 s catch requests held across a retry in slow-reply mode.
 REQUEST_BUCKETS_S = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 4.5, 5.0, 7.5, 15.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    4.0,
+    4.5,
+    5.0,
+    7.5,
+    15.0,
 )
-ANSWER_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 10.0, 12.0, 15.0, 30.0, 60.0)
+ANSWER_BUCKETS_S = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    4.5,
+    6.0,
+    8.0,
+    10.0,
+    12.0,
+    15.0,
+    30.0,
+    60.0,
+)
 
 REQUESTS = Counter(
     "wechat_requests_total",

@@ -56,21 +56,28 @@ def render_reply(
     if kind == "text" and reply.get("content"):
         return render_text(to_user, from_user, create_time, str(reply["content"]))
     if kind == "image" and reply.get("media_id"):
-        return f"<xml>{header}<Image><MediaId>{cdata(str(reply['media_id']))}</MediaId></Image></xml>"
+        return (
+            f"<xml>{header}<Image><MediaId>{cdata(str(reply['media_id']))}</MediaId></Image></xml>"
+        )
     if kind == "news" and reply.get("articles"):
         article = reply["articles"][0]  # one article per reply since 2018 (errcode 45008)
         item = "".join(
             f"<{tag}>{cdata(str(article.get(key) or ''))}</{tag}>"
             for tag, key in (
-                ("Title", "title"), ("Description", "description"),
-                ("PicUrl", "pic_url"), ("Url", "url"),
+                ("Title", "title"),
+                ("Description", "description"),
+                ("PicUrl", "pic_url"),
+                ("Url", "url"),
             )
         )
-        return f"<xml>{header}<ArticleCount>1</ArticleCount><Articles><item>{item}</item></Articles></xml>"
+        articles = f"<ArticleCount>1</ArticleCount><Articles><item>{item}</item></Articles>"
+        return f"<xml>{header}{articles}</xml>"
     return None
 
 
-def render_encrypted_envelope(encrypted: str, msg_signature: str, timestamp: str, nonce: str) -> str:
+def render_encrypted_envelope(
+    encrypted: str, msg_signature: str, timestamp: str, nonce: str
+) -> str:
     """The envelope an encrypted request's reply travels in."""
     return (
         f"<xml><Encrypt>{cdata(encrypted)}</Encrypt><MsgSignature>{cdata(msg_signature)}"

@@ -55,8 +55,12 @@ def callback() -> Response:
     if len(body) > settings.max_body_bytes:
         raise PayloadTooLarge(f"body exceeds {settings.max_body_bytes} bytes")
     opened = envelope.open_callback(
-        request.args, body, settings.account, strict=settings.strict_verify,
-        max_skew_s=settings.max_clock_skew_s, now_s=g.started,
+        request.args,
+        body,
+        settings.account,
+        strict=settings.strict_verify,
+        max_skew_s=settings.max_clock_skew_s,
+        now_s=g.started,
     )
     services.note_tolerated(opened.tolerated)
     g.log_fields["mode"] = opened.mode
@@ -105,19 +109,25 @@ def debug_signature() -> Response:
         for index, token in enumerate(account.accepted_tokens)
     ]
     provided = request.args.get("signature")
-    return jsonify({
-        "timestamp": timestamp,
-        "nonce": nonce,
-        "signed_fields": "token,timestamp,nonce" + (",encrypt" if extra else ""),
-        "expected": expected,
-        "provided": provided,
-        "matches_token_index": next(
-            (e["token_index"] for e in expected if provided and e["signature"] == provided.lower()),
-            None,
-        ),
-        "echostr": request.args.get("echostr"),
-        "server_time": int(time.time()),
-    })
+    return jsonify(
+        {
+            "timestamp": timestamp,
+            "nonce": nonce,
+            "signed_fields": "token,timestamp,nonce" + (",encrypt" if extra else ""),
+            "expected": expected,
+            "provided": provided,
+            "matches_token_index": next(
+                (
+                    e["token_index"]
+                    for e in expected
+                    if provided and e["signature"] == provided.lower()
+                ),
+                None,
+            ),
+            "echostr": request.args.get("echostr"),
+            "server_time": int(time.time()),
+        }
+    )
 
 
 def handle_gateway_error(error: GatewayError) -> Response:
@@ -130,6 +140,8 @@ def handle_gateway_error(error: GatewayError) -> Response:
 
 def handle_unexpected(error: Exception) -> Response:
     """A bug must not reach WeChat as an error page: log it, count it, answer `success`."""
-    log.exception("unhandled error", extra={"event": "exception", "request_id": g.get("request_id")})
+    log.exception(
+        "unhandled error", extra={"event": "exception", "request_id": g.get("request_id")}
+    )
     g.log_fields["outcome"] = "error"
     return Response(replies.SUCCESS, status=200, mimetype="text/plain")

@@ -1,0 +1,92 @@
+"""A stand-in AI API on 127.0.0.1: answers /v1/reply after a set latency, counts calls.
+
+Runs in a thread of the test process, so a test can change its behaviour between
+requests and read what it received; the gateway reaches it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeAI:
+    """Configurable behaviour: `latency_s`, `status`, `raw_body`, or a `reply_for` function."""
+
+    def __init__(self) -> None:
+        self.latency_s = 0.0
+        self.status = 200
+        self.raw_body: bytes | None = None
+        self.reply_for = lambda message: {
+            "type": "text",
+            "content": f"答：{message.get('content')}",
+        }
+        self.calls: Counter[str] = Counter()
+        self.received: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FakeAI:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def calls_for(self, dedup_key: str) -> int:
+        with self._lock:
+            return self.calls[dedup_key]
+
+    def _record(self, message: dict[str, Any], headers: dict[str, str]) -> None:
+        with self._lock:
+            self.calls[message.get("dedup_key", "")] += 1
+            self.received.append(message)
+            self.headers.append(headers)
+
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._send(200, b'{"status": "ok"}')
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                message = json.loads(self.rfile.read(length) or b"{}")
+                fake._record(message, dict(self.headers))
+                if fake.latency_s:
+                    time.sleep(fake.latency_s)
+                if fake.raw_body is not None:
+                    self._send(fake.status, fake.raw_body)
+                    return
+                body = json.dumps({"reply": fake.reply_for(message)}, ensure_ascii=False)
+                self._send(fake.status, body.encode())
+
+            def _send(self, status: int, body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the gateway gave up waiting: that is what some tests check
+
+        return Handler
