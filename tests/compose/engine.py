@@ -1,0 +1,238 @@
+"""A Docker engine of the tests' own, and stand-ins for the upstream images no registry serves here.
+
+The engine is Debian's dockerd with every path under one short temporary root, so it neither
+needs nor touches a system Docker. The stand-ins are built FROM a debootstrapped Debian
+bookworm with Debian's packages and tagged with the exact upstream names that compose.yaml and
+the services' Dockerfiles use, so those files are built and run unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.processes import REPO_ROOT, VENV_BIN, wait_until
+
+STANDINS_DIR = Path(__file__).parent / "standins"
+BASE_IMAGE = "localbase:bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+SERVICE_DOCKERFILES = [
+    REPO_ROOT / "services" / "wechat-gateway" / "Dockerfile",
+    REPO_ROOT / "services" / "ai-api" / "Dockerfile",
+]
+# compose.yaml service -> the stand-in folder that replaces its upstream image.
+STANDIN_FOR_SERVICE = {"redis": "redis", "nginx": "nginx", "prometheus": "prometheus"}
+
+
+def python_base_tag() -> str:
+    """The one Python base image both service Dockerfiles build FROM."""
+    tags = set()
+    for dockerfile in SERVICE_DOCKERFILES:
+        tags.update(re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), flags=re.M))
+    assert len(tags) == 1, f"service Dockerfiles use different bases: {sorted(tags)}"
+    return tags.pop()
+
+
+def upstream_tags(compose_images: dict[str, str]) -> dict[str, str]:
+    """Stand-in folder -> the upstream tag it must carry (from the project's own files)."""
+    tags = {"python": python_base_tag()}
+    for service, standin in STANDIN_FOR_SERVICE.items():
+        tags[standin] = compose_images[service]
+    return tags
+
+
+def local_extra_ca() -> str:
+    """PEM of the CAs this machine added to its trust store (a TLS-intercepting proxy's CA).
+
+    Passed as the EXTRA_CA_CERT build argument so pip inside an image build trusts what the
+    host trusts; empty where the machine added none.
+    """
+    pems = sorted(Path("/usr/local/share/ca-certificates").glob("**/*.crt"))
+    return "".join(p.read_text() for p in pems if "BEGIN CERTIFICATE" in p.read_text())
+
+
+@dataclass
+class Engine:
+    """A running dockerd and the environment that points the docker and compose CLIs at it."""
+
+    root: Path
+    popen: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def docker(
+        self, *args: str, timeout_s: float = 120, check: bool = True, stdin: bytes | None = None
+    ) -> subprocess.CompletedProcess:
+        return _run(["docker", *args], self.env, timeout_s, check, stdin)
+
+    def image_exists(self, tag: str) -> bool:
+        return self.docker("image", "inspect", tag, check=False).returncode == 0
+
+
+def _run(
+    argv: list[str],
+    env: dict[str, str],
+    timeout_s: float,
+    check: bool,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        argv, env=env, input=stdin, capture_output=True, timeout=timeout_s, cwd=cwd, check=False
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv[:4])} ... exited {result.returncode}:\n"
+            f"{result.stdout.decode(errors='replace')[-3000:]}\n"
+            f"{result.stderr.decode(errors='replace')[-3000:]}"
+        )
+    return result
+
+
+def start_engine(data_root: Path | None = None) -> Engine:
+    """Start dockerd with its own socket, data, exec root and pid file; wait until it answers.
+
+    The root is short on purpose: containerd's sockets live under it and unix socket paths
+    are limited to 108 bytes.
+    """
+    root = Path(tempfile.mkdtemp(prefix="cn-dkr-", dir="/tmp"))
+    data = data_root or root / "data"
+    (root / "config").mkdir()
+    (root / "daemon.json").write_text("{}\n")  # ignore any /etc/docker/daemon.json
+    sock = root / "docker.sock"
+    log_path = root / "dockerd.log"
+    argv = [
+        "/usr/sbin/dockerd",
+        "--data-root",
+        str(data),
+        "--exec-root",
+        str(root / "exec"),
+        "--pidfile",
+        str(root / "dockerd.pid"),
+        "--config-file",
+        str(root / "daemon.json"),
+        "-H",
+        f"unix://{sock}",
+    ]
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root),
+        "DOCKER_HOST": f"unix://{sock}",
+        "DOCKER_CONFIG": str(root / "config"),  # no credential helpers or contexts of the host
+        "DOCKER_BUILDKIT": "0",  # the classic builder: no buildx plugin here
+        "COMPOSE_DOCKER_CLI_BUILD": "0",
+    }
+    engine = Engine(root=root, popen=popen, log_path=log_path, env=env)
+
+    def answers() -> bool:
+        if popen.poll() is not None:
+            return True
+        return sock.exists() and engine.docker("version", check=False, timeout_s=10).returncode == 0
+
+    try:
+        wait_until(answers, 60, "dockerd to answer")
+    except TimeoutError:
+        stop_engine(engine)
+        raise
+    if popen.poll() is not None:
+        log = log_path.read_text(errors="replace")[-3000:]
+        stop_engine(engine)
+        raise RuntimeError(f"dockerd exited at start-up:\n{log}")
+    return engine
+
+
+def stop_engine(engine: Engine, *, keep_data: bool = False) -> None:
+    """Stop dockerd by its own pid (its containerd with it), unmount leftovers, delete the root."""
+    if engine.popen.poll() is None:
+        engine.popen.send_signal(signal.SIGTERM)
+        try:
+            engine.popen.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            engine.popen.kill()
+            engine.popen.wait(timeout=10)
+    root = str(engine.root)
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if line.split()[1].startswith(root)
+    ]
+    for mount in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+    if not keep_data:
+        shutil.rmtree(engine.root, ignore_errors=True)
+
+
+def ensure_base_image(engine: Engine, cache_dir: Path | None = None) -> None:
+    """localbase:bookworm: `debootstrap --variant=minbase bookworm` imported as an image.
+
+    With `cache_dir` the root filesystem tarball is kept there for later runs.
+    """
+    if engine.image_exists(BASE_IMAGE):
+        return
+    tarball = (cache_dir or engine.root) / "bookworm-minbase.tar"
+    if not tarball.exists():
+        rootfs = engine.root / "rootfs"
+        _run(
+            ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
+            dict(os.environ),
+            600,
+            True,
+        )
+        partial = tarball.with_suffix(".partial")
+        _run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], dict(os.environ), 300, True)
+        partial.rename(tarball)
+        shutil.rmtree(rootfs, ignore_errors=True)
+    engine.docker("import", str(tarball), BASE_IMAGE, timeout_s=300)
+
+
+def build_standins(engine: Engine, tags: dict[str, str]) -> dict[str, float]:
+    """Build each stand-in and tag it with its upstream name; returns seconds per image."""
+    durations = {}
+    for standin, tag in tags.items():
+        if engine.image_exists(tag):
+            durations[standin] = 0.0
+            continue
+        started = time.monotonic()
+        engine.docker("build", "--quiet", "-t", tag, str(STANDINS_DIR / standin), timeout_s=600)
+        durations[standin] = round(time.monotonic() - started, 1)
+    return durations
+
+
+@dataclass
+class ComposeProject:
+    """`docker compose` on the repository's compose files, as one throw-away project."""
+
+    engine: Engine
+    name: str
+    env: dict[str, str]
+    files: tuple[str, ...] = ("compose.yaml",)
+
+    def __call__(
+        self, *args: str, timeout_s: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        argv = [
+            str(VENV_BIN / "docker-compose"),
+            "--project-name",
+            self.name,
+            "--project-directory",
+            str(REPO_ROOT),
+            "--env-file",
+            self.env["CN_ENV_FILE"],
+        ]
+        for name in self.files:
+            argv += ["-f", str(REPO_ROOT / name)]
+        return _run(
+            [*argv, *args], {**self.engine.env, **self.env}, timeout_s, check, cwd=REPO_ROOT
+        )
+
+    def text(self, *args: str, timeout_s: float = 60) -> str:
+        return self(*args, timeout_s=timeout_s).stdout.decode(errors="replace")
