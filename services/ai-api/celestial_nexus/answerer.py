@@ -1,0 +1,202 @@
+"""What the bot says to each message: commands, events, acknowledgements, KB and LLM answers.
+
+The rules (issue 3): text and recognised voice go to the answerer (the LLM when one is
+configured and there is time, else the knowledge base); voice without recognition asks
+the user to type; images, links, videos and locations get an acknowledgement; events get a
+welcome, a menu reply, or nothing, and `LOCATION`/`VIEW` never reach an LLM; unsubscribe
+erases the user's data. Long answers go out in parts, the rest parked for `继续`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import metrics
+from .chat_text import markdown_to_plain, split_text, utf8_len
+from .config import Settings
+from .kb import Hit, LiveKnowledgeBase
+from .llm import LLMClient, LLMError, build_messages
+from .memory import ConversationMemory, ParkedParts, forget_user
+from .replies import ReplyTexts
+from .schemas import MAX_TEXT_BYTES, NormalizedMessage, Reply, TextReply
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+COMMANDS = {
+    "help": {"帮助", "help", "/help", "菜单"},
+    "reset": {"清除记忆", "/reset", "清空记忆", "reset"},
+    "continue": {"继续", "/continue", "continue", "more"},
+}
+_COMMAND_NOISE = re.compile(r"[\s。.!！~～]+")
+MIN_LLM_BUDGET_S = 0.3  # below this, asking the LLM cannot pay off: answer from the KB
+KNOWN_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link", "event"}
+
+
+def command_of(text: str) -> str | None:
+    """'help', 'reset', 'continue' or None, ignoring case, spaces and trailing punctuation."""
+    word = _COMMAND_NOISE.sub("", text).lower()
+    for command, words in COMMANDS.items():
+        if word in words:
+            return command
+    return None
+
+
+@dataclass(frozen=True)
+class Answer:
+    reply: Reply | None
+    answerer: str  # kb, llm, command, event, static
+    outcome: str  # answered, no_answer, no_reply
+
+
+class Answerer:
+    """Decides the reply to one normalized message before its deadline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kb: LiveKnowledgeBase,
+        texts: ReplyTexts,
+        store: Store,
+        llm: LLMClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.kb = kb
+        self.texts = texts
+        self.store = store
+        self.llm = llm
+        self.clock = clock
+        self.memory = ConversationMemory(store, settings.memory_turns, settings.memory_ttl_s)
+        self.parked = ParkedParts(store, settings.parked_ttl_s)
+        longest_hint = utf8_len(texts.continue_hint.format(remaining=999))
+        self.part_bytes = MAX_TEXT_BYTES - longest_hint - 2  # 2: the blank line before the hint
+
+    async def answer(self, msg: NormalizedMessage, deadline_at: float) -> Answer:
+        kind = msg.type
+        if kind == "text":
+            return await self._text(msg.openid, msg.content or "", deadline_at)
+        if kind == "voice":
+            if msg.recognition and msg.recognition.strip():
+                return await self._text(msg.openid, msg.recognition, deadline_at)
+            return self._static(self.texts.voice_unrecognized)
+        if kind == "event":
+            return await self._event(msg)
+        if kind == "image":
+            return self._static(self.texts.image)
+        if kind == "link":
+            title = (msg.title or msg.url or "").strip() or "链接"
+            return self._static(self.texts.link.format(title=title[:100]))
+        if kind in {"video", "shortvideo"}:
+            return self._static(self.texts.video)
+        if kind == "location":
+            label = (msg.label or "").strip() or "未知地点"
+            return self._static(self.texts.location.format(label=label[:100]))
+        return self._static(self.texts.unsupported)
+
+    @staticmethod
+    def _static(text: str) -> Answer:
+        return Answer(TextReply(content=text), "static", "answered")
+
+    async def _event(self, msg: NormalizedMessage) -> Answer:
+        event = (msg.event or "").lower()
+        key = (msg.event_key or "").strip()
+        reply: Reply | None = None
+        if event == "subscribe":
+            scene = key.removeprefix("qrscene_") if key.startswith("qrscene_") else ""
+            reply = TextReply(content=self.texts.scan_welcome.get(scene, self.texts.welcome))
+        elif event == "scan" and key:
+            reply = TextReply(content=self.texts.scan_welcome.get(key, self.texts.welcome))
+        elif event == "unsubscribe":
+            await forget_user(self.store, msg.openid)
+            log.info("erased the state of a user who unsubscribed")
+        elif event == "click":
+            reply = self.texts.click.get(key)
+            if reply is None:
+                log.warning("no reply configured for menu key %r (add it to [click])", key)
+        # LOCATION, VIEW and every other event: nothing to say, and no LLM call.
+        return Answer(reply, "event", "answered" if reply else "no_reply")
+
+    async def _text(self, openid: str, text: str, deadline_at: float) -> Answer:
+        text = text.strip()
+        command = command_of(text) if text else "help"
+        if command == "help":
+            return Answer(TextReply(content=self.texts.help), "command", "answered")
+        if command == "reset":
+            await self.memory.clear(openid)
+            await self.parked.clear(openid)
+            return Answer(TextReply(content=self.texts.memory_cleared), "command", "answered")
+        if command == "continue":
+            part, remaining = await self.parked.next(openid)
+            if part is None:
+                return Answer(
+                    TextReply(content=self.texts.nothing_to_continue), "command", "answered"
+                )
+            return Answer(
+                TextReply(content=self._with_hint(part, remaining)), "command", "answered"
+            )
+        return await self._question(openid, text, deadline_at)
+
+    async def _question(self, openid: str, question: str, deadline_at: float) -> Answer:
+        kb = self.kb.current
+        k = max(1, self.settings.llm_context_passages) if self.llm else 1
+        hits = kb.search(question, k=k)
+        best = hits[0] if hits and hits[0].confidence >= self.settings.kb_min_score else None
+        answer_text: str | None = None
+        answerer = "kb"
+        if self.llm is not None:
+            answer_text = await self._ask_llm(openid, question, hits, deadline_at)
+            if answer_text is not None:
+                answerer = "llm"
+        if answer_text is None:
+            answer_text = self.texts.no_answer if best is None else best.passage.chat_text()
+        if self.llm is not None:
+            await self.memory.remember(openid, question, answer_text)
+        first = await self._deliver(openid, answer_text)
+        outcome = "no_answer" if answerer == "kb" and best is None else "answered"
+        return Answer(TextReply(content=first), answerer, outcome)
+
+    async def _ask_llm(
+        self, openid: str, question: str, hits: list[Hit], deadline_at: float
+    ) -> str | None:
+        assert self.llm is not None
+        budget_s = deadline_at - self.clock() - self.settings.deadline_margin_ms / 1000
+        if budget_s < MIN_LLM_BUDGET_S:
+            metrics.LLM_FALLBACKS.labels("deadline").inc()
+            return None
+        # Passages well below the threshold are noise to the LLM as much as to the user.
+        context = [h for h in hits if h.confidence >= self.settings.kb_min_score / 2]
+        history = await self.memory.history(openid)
+        messages = build_messages(self.settings.llm_system_prompt, context, history, question)
+        timeout_s = min(
+            self.settings.llm_timeout_s,
+            deadline_at - self.clock() - self.settings.deadline_margin_ms / 1000,
+        )
+        if timeout_s < MIN_LLM_BUDGET_S:
+            metrics.LLM_FALLBACKS.labels("deadline").inc()
+            return None
+        try:
+            text = await self.llm.complete(messages, timeout_s)
+        except LLMError as exc:
+            log.warning("LLM failed (%s), answering from the knowledge base", exc)
+            metrics.LLM_ERRORS.labels(exc.reason).inc()
+            metrics.LLM_FALLBACKS.labels(exc.reason).inc()
+            return None
+        return markdown_to_plain(text)
+
+    async def _deliver(self, openid: str, text: str) -> str:
+        """The first part of `text`; the rest parked for `继续` (replacing older parts)."""
+        parts = [p for p in (s.strip() for s in split_text(text, self.part_bytes)) if p]
+        if not parts:
+            parts = [self.texts.no_answer]
+        await self.parked.park(openid, parts[1:])
+        return self._with_hint(parts[0], len(parts) - 1)
+
+    def _with_hint(self, part: str, remaining: int) -> str:
+        if remaining <= 0:
+            return part.strip()
+        return f"{part.strip()}\n\n{self.texts.continue_hint.format(remaining=remaining)}"

@@ -1,0 +1,91 @@
+"""Every Prometheus metric of the AI API, declared once.
+
+Uvicorn runs one worker by default. With several workers, set PROMETHEUS_MULTIPROC_DIR to
+an empty directory before start-up: /metrics then aggregates every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# The knowledge base answers in milliseconds; an LLM takes seconds, up to the deadline
+# (about 4.5 s per WeChat attempt, about 14 s in slow-reply delivery).
+LATENCY_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+    3.0,
+    4.0,
+    5.0,
+    8.0,
+    12.0,
+    15.0,
+    30.0,
+)
+
+REQUESTS = Counter(
+    "ai_requests_total",
+    "POST /v1/reply requests, by message type (text, voice, image, link, event, ..., other, "
+    "invalid) and outcome (answered, no_answer, no_reply, invalid, error).",
+    ["msg_type", "outcome"],
+)
+ANSWER_LATENCY = Histogram(
+    "ai_answer_latency_seconds",
+    "Time to produce a reply, by the answerer that produced it (kb, llm, command, event, static).",
+    ["answerer"],
+    buckets=LATENCY_BUCKETS_S,
+)
+LLM_ERRORS = Counter(
+    "ai_llm_errors_total",
+    "Failed LLM calls, by reason (timeout, http_error, malformed, refusal, connection).",
+    ["reason"],
+)
+LLM_FALLBACKS = Counter(
+    "ai_llm_fallbacks_total",
+    "Questions answered from the knowledge base although an LLM is configured, by reason "
+    "(an LLM error reason, or deadline: too little time left to ask the LLM).",
+    ["reason"],
+)
+KB_PASSAGES = Gauge(
+    "ai_kb_passages",
+    "Passages in the loaded knowledge base.",
+    multiprocess_mode="livemax",
+)
+KB_RELOADS = Counter(
+    "ai_kb_reloads_total",
+    "Knowledge-base loads, by result (ok, error); the first load at start-up counts as ok.",
+    ["result"],
+)
+REDIS_UP = Gauge(
+    "ai_redis_up",
+    "1 when per-user state is kept in Redis, 0 while Redis is unreachable and the in-process "
+    "store is used; absent when REDIS_URL is not set.",
+    multiprocess_mode="livemin",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text, aggregated over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

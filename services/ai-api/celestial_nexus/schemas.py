@@ -1,0 +1,93 @@
+"""The normalized message and the reply: the contract with the gateway (docs/message-schema.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TEXT_BYTES = 2000  # one WeChat text bubble holds about 2048 bytes of UTF-8; keep a margin
+
+
+class NormalizedMessage(BaseModel):
+    """One WeChat callback as the gateway normalized it: any message type or event."""
+
+    # Unknown fields are ignored so a newer gateway can add fields without breaking us.
+    model_config = ConfigDict(extra="ignore", str_max_length=20000)
+
+    schema_version: Literal[1] = Field(description="Contract version; always 1.")
+    msg_id: str | None = Field(None, description="WeChat's MsgId; events have none.")
+    dedup_key: str = Field(min_length=1, description="The gateway's dedup key.")
+    type: str = Field(
+        min_length=1,
+        max_length=32,
+        description="MsgType lower-cased: text, image, voice, video, shortvideo, location, "
+        "link, event, ...",
+    )
+    openid: str = Field(min_length=1, max_length=128, description="FromUserName: the user.")
+    account_id: str = Field(description="ToUserName: the Official Account's original id.")
+    create_time: int = Field(description="CreateTime, Unix seconds.")
+    content: str | None = Field(None, description="Text message content.")
+    media_id: str | None = None
+    pic_url: str | None = None
+    format: str | None = Field(None, description="Voice format (amr, speex).")
+    recognition: str | None = Field(None, description="Voice recognition text, if WeChat sent it.")
+    thumb_media_id: str | None = None
+    location_x: float | None = None
+    location_y: float | None = None
+    scale: int | None = None
+    label: str | None = None
+    title: str | None = None
+    description: str | None = None
+    url: str | None = None
+    event: str | None = Field(None, description="Event name as sent (subscribe, CLICK, ...).")
+    event_key: str | None = Field(None, description="qrscene_<scene>, menu key or URL.")
+    ticket: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    precision: float | None = None
+    menu_id: str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _lower_type(cls, value: str) -> str:
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> NormalizedMessage:
+        if self.type == "text" and self.content is None:
+            raise ValueError("a text message needs 'content'")
+        if self.type == "event" and not self.event:
+            raise ValueError("an event needs 'event'")
+        return self
+
+
+class TextReply(BaseModel):
+    type: Literal["text"] = "text"
+    content: str = Field(description="At most 2000 bytes of UTF-8 (one WeChat bubble).")
+
+
+class ImageReply(BaseModel):
+    type: Literal["image"] = "image"
+    media_id: str
+
+
+class Article(BaseModel):
+    title: str
+    description: str = ""
+    pic_url: str = ""
+    url: str = ""
+
+
+class NewsReply(BaseModel):
+    type: Literal["news"] = "news"
+    articles: list[Article] = Field(min_length=1, max_length=1)
+
+
+Reply = Annotated[TextReply | ImageReply | NewsReply, Field(discriminator="type")]
+
+
+class ReplyEnvelope(BaseModel):
+    """What POST /v1/reply answers; `reply: null` means nothing to say."""
+
+    reply: Reply | None

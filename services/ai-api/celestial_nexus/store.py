@@ -1,0 +1,226 @@
+"""Per-user state storage: Redis when REDIS_URL is set, an in-process store otherwise.
+
+Both stores keep short lists of strings with an expiry behind one small interface. When
+Redis cannot be reached the service degrades to the in-process store (bounded by expiry
+and a capacity) and tries Redis again a few seconds later, instead of failing requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    """Lists of strings under keys, each key with an expiry."""
+
+    async def get_list(self, key: str) -> list[str]: ...
+
+    async def push_trim(self, key: str, values: list[str], keep: int, ttl_s: int) -> None:
+        """Append `values`, keep only the last `keep` items, and (re)start the expiry."""
+
+    async def set_list(self, key: str, values: list[str], ttl_s: int) -> None: ...
+
+    async def pop_first(self, key: str) -> str | None: ...
+
+    async def delete(self, *keys: str) -> None: ...
+
+
+class LocalStore:
+    """The in-process store: expiry honoured on read, least-recently-used keys evicted."""
+
+    def __init__(self, max_keys: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_keys = max_keys
+        self._clock = clock
+        self._data: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
+
+    def _live(self, key: str) -> list[str] | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        expires_at, values = entry
+        if expires_at <= self._clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return values
+
+    def _put(self, key: str, values: list[str], ttl_s: float) -> None:
+        if not values:
+            self._data.pop(key, None)
+            return
+        self._data[key] = (self._clock() + ttl_s, values)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_keys:
+            self._data.popitem(last=False)
+
+    async def get_list(self, key: str) -> list[str]:
+        return list(self._live(key) or [])
+
+    async def push_trim(self, key: str, values: list[str], keep: int, ttl_s: int) -> None:
+        current = self._live(key) or []
+        self._put(key, (current + values)[-keep:] if keep else [], ttl_s)
+
+    async def set_list(self, key: str, values: list[str], ttl_s: int) -> None:
+        self._put(key, list(values), ttl_s)
+
+    async def pop_first(self, key: str) -> str | None:
+        values = self._live(key)
+        if not values:
+            return None
+        first = values.pop(0)
+        if not values:
+            del self._data[key]
+        return first
+
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class RedisStore:
+    """The same lists in Redis (RPUSH/LTRIM/EXPIRE in one transaction)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        # Short timeouts: an unreachable Redis must cost milliseconds, not the reply deadline.
+        client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=0.5, socket_timeout=0.5, decode_responses=True
+        )
+        return cls(client)
+
+    async def get_list(self, key: str) -> list[str]:
+        return list(await self.client.lrange(key, 0, -1))
+
+    async def push_trim(self, key: str, values: list[str], keep: int, ttl_s: int) -> None:
+        if not keep:
+            await self.client.delete(key)
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *values)
+            pipe.ltrim(key, -keep, -1)
+            pipe.expire(key, ttl_s)
+            await pipe.execute()
+
+    async def set_list(self, key: str, values: list[str], ttl_s: int) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if values:
+                pipe.rpush(key, *values)
+                pipe.expire(key, ttl_s)
+            await pipe.execute()
+
+    async def pop_first(self, key: str) -> str | None:
+        return await self.client.lpop(key)
+
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self.client.delete(*keys)
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class ResilientStore:
+    """Redis first; the in-process store while Redis is unreachable, retried every few seconds.
+
+    `state` is 'disabled' (no REDIS_URL), 'up' or 'down'; `on_state` reports changes.
+    """
+
+    def __init__(
+        self,
+        redis_store: RedisStore | None,
+        local: LocalStore,
+        *,
+        retry_after_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_state: Callable[[str], None] | None = None,
+    ) -> None:
+        self.redis = redis_store
+        self.local = local
+        self.retry_after_s = retry_after_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._on_state = on_state or (lambda state: None)
+        self.state = "disabled" if redis_store is None else "up"
+        self._on_state(self.state)
+
+    def _target(self) -> Store:
+        if self.redis is None or self._clock() < self._down_until:
+            return self.local
+        return self.redis
+
+    def _failed(self, exc: Exception) -> None:
+        if self.state != "down":
+            log.warning("Redis unreachable, using the in-process store: %s", exc)
+        self.state = "down"
+        self._on_state("down")
+        self._down_until = self._clock() + self.retry_after_s
+
+    def _ok(self, target: Store) -> None:
+        if target is self.redis and self.state != "up":
+            log.info("Redis reachable again")
+            self.state = "up"
+            self._on_state("up")
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        target = self._target()
+        if target is self.redis:
+            try:
+                result = await getattr(target, method)(*args)
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+            else:
+                self._ok(target)
+                return result
+        return await getattr(self.local, method)(*args)
+
+    async def get_list(self, key: str) -> list[str]:
+        return await self._call("get_list", key)
+
+    async def push_trim(self, key: str, values: list[str], keep: int, ttl_s: int) -> None:
+        await self._call("push_trim", key, values, keep, ttl_s)
+
+    async def set_list(self, key: str, values: list[str], ttl_s: int) -> None:
+        await self._call("set_list", key, values, ttl_s)
+
+    async def pop_first(self, key: str) -> str | None:
+        return await self._call("pop_first", key)
+
+    async def delete(self, *keys: str) -> None:
+        # Erase from both: data written during an outage lives in the local store.
+        await self.local.delete(*keys)
+        await self._call("delete", *keys)
+
+    async def check(self) -> str:
+        """Ping Redis now (for /health) and return the state."""
+        if self.redis is not None:
+            try:
+                await self.redis.ping()
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+            else:
+                self._down_until = 0.0
+                self._ok(self.redis)
+        return self.state
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
