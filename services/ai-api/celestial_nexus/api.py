@@ -63,7 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Network clients belong to the running event loop, so they are made here.
-        redis_store = RedisStore.from_url(settings.redis_url) if settings.redis_url else None
+        redis_store = None
+        if settings.redis_url:
+            redis_store = RedisStore.from_url(settings.redis_url)
+            metrics.expose_redis_up()
         store = ResilientStore(
             redis_store, LocalStore(settings.local_store_max_users), on_state=on_redis_state
         )

@@ -6,10 +6,12 @@ an empty directory before start-up: /metrics then aggregates every worker's file
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -79,7 +81,14 @@ REDIS_UP = Gauge(
     "1 when per-user state is kept in Redis, 0 while Redis is unreachable and the in-process "
     "store is used; absent when REDIS_URL is not set.",
     multiprocess_mode="livemin",
+    registry=None,  # registered by expose_redis_up() only when Redis is configured
 )
+
+
+def expose_redis_up() -> None:
+    """Export ai_redis_up (once per process): only a service with REDIS_URL has it."""
+    with contextlib.suppress(ValueError):  # already registered by an earlier app
+        REGISTRY.register(REDIS_UP)
 
 
 def render() -> tuple[bytes, str]:
