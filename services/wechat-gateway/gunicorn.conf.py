@@ -24,8 +24,9 @@ worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # A held request lives about 5.5 s; 30 s only catches a stuck worker.
 timeout = 30
 graceful_timeout = 10
-# Longer than Nginx's upstream keepalive_timeout, so Nginx closes idle connections first.
-keepalive = 75
+# Idle keep-alive connections hold up a graceful shutdown until they time out, so keep
+# this short; Nginx's upstream keepalive_timeout must stay below it (Nginx closes first).
+keepalive = 5
 accesslog = None  # the app writes one structured line per request itself
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

@@ -8,17 +8,9 @@ import pytest
 from wechat_gateway.app import create_app
 from wechat_gateway.config import Settings
 
-from tests.support.fake_ai import FakeAI
 from tests.support.wechat import Account, WeChatSimulator
 
 ACCOUNT = Account()
-
-
-@pytest.fixture
-def fake_ai():
-    ai = FakeAI().start()
-    yield ai
-    ai.stop()
 
 
 def make_settings(ai_url: str | None, **overrides) -> Settings:

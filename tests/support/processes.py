@@ -87,6 +87,7 @@ class Process:
     log_path: Path
     port: int | None = None
     extra: dict = field(default_factory=dict)
+    stop_signal: int = signal.SIGTERM
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -94,7 +95,8 @@ class Process:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10) -> None:
+    def stop(self, sig: int | None = None, timeout_s: float = 10) -> None:
+        sig = self.stop_signal if sig is None else sig
         if self.popen.poll() is not None:
             return
         try:
@@ -204,6 +206,8 @@ def start_gateway(
         ),
     )
     proc.extra["url"] = f"http://127.0.0.1:{port}"
+    # Gunicorn's quick shutdown: a graceful one waits for the tests' idle keep-alive connections.
+    proc.stop_signal = signal.SIGINT
     return proc
 
 

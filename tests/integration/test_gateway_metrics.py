@@ -1,0 +1,59 @@
+"""/metrics of a Gunicorn gateway with two workers adds up what both workers counted."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.support.processes import start_gateway
+from tests.support.wechat import Account, WeChatSimulator, text_message
+
+pytestmark = pytest.mark.integration
+ACCOUNT = Account()
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def request_pids(log: str) -> set[int]:
+    return {
+        json.loads(line)["pid"]
+        for line in log.splitlines()
+        if line.startswith("{") and '"event": "request"' in line
+    }
+
+
+def test_metrics_add_up_across_two_workers(tmp_path, fake_ai):
+    fake_ai.latency_s = 0.2  # keeps connections open so both workers accept some
+    gateway = start_gateway(tmp_path, {**ACCOUNT.env(), "AI_API_URL": fake_ai.url}, workers=2)
+    try:
+        url = gateway.extra["url"] + "/wechat"
+        sent = 0
+        with ThreadPoolExecutor(16) as pool:
+            for _ in range(5):  # bounded: until both workers have served requests
+                batch = [text_message(f"m{sent + i}", openid=f"o{sent + i}") for i in range(32)]
+                attempts = list(pool.map(lambda f: WeChatSimulator(url, ACCOUNT).post(f), batch))
+                assert all(a.verdict == "reply" for a in attempts)
+                sent += len(batch)
+                if len(request_pids(gateway.log())) >= 2:
+                    break
+        assert len(request_pids(gateway.log())) == 2, "both workers should have served"
+        bad = WeChatSimulator(url, Account(token="wrongtoken"))
+        assert bad.post(text_message("forged"), mode="plain").status == 403
+        text = requests.get(gateway.extra["url"] + "/metrics", timeout=5).text
+        assert metric_sum(text, "wechat_requests_total", method="POST", outcome="ok") == sent
+        assert metric_sum(text, "wechat_request_latency_seconds_count", method="POST") == sent + 1
+        assert metric_sum(text, "wechat_signature_fail_total", reason="bad_signature") == 1
+        assert metric_sum(text, "wechat_ai_request_latency_seconds_count") == sent
+    finally:
+        gateway.stop()
