@@ -22,8 +22,22 @@ REQUIRED = {
     "WECHAT_TOKEN": "t0ken-for-the-test",
     "WECHAT_APPID": "wx1111222233334444",
     "WECHAT_ENCODING_AES_KEY": "A" * 43,
+    "ALERT_WECOM_WEBHOOK_URL": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=test",
 }
-EXPECTED_SERVICES = {"wechat-gateway", "ai-api", "redis", "nginx", "prometheus", "grafana"}
+EXPECTED_SERVICES = {
+    "wechat-gateway",
+    "ai-api",
+    "redis",
+    "nginx",
+    "prometheus",
+    "grafana",
+    # alerting and exporters (issue 6)
+    "alertmanager",
+    "alert-relay",
+    "redis-exporter",
+    "nginx-exporter",
+    "blackbox-exporter",
+}
 PUBLIC = {"nginx"}
 LOOPBACK_ONLY = {"grafana"}
 LONG_RUNNING_PROD = EXPECTED_SERVICES | {"certbot"}
@@ -92,7 +106,10 @@ def test_a_missing_required_secret_stops_compose_with_its_name(
 
 
 def test_production_requires_safe_mode_keys(tmp_path: Path) -> None:
-    env = {"WECHAT_TOKEN": REQUIRED["WECHAT_TOKEN"]}
+    env = {
+        "WECHAT_TOKEN": REQUIRED["WECHAT_TOKEN"],
+        "ALERT_WECOM_WEBHOOK_URL": REQUIRED["ALERT_WECOM_WEBHOOK_URL"],
+    }
     assert compose(DEFAULT, "config", "-q", env=env, tmp=tmp_path).returncode == 0
     result = compose(PROD, "config", "-q", env=env, tmp=tmp_path)
     assert result.returncode != 0 and "WECHAT_ENCODING_AES_KEY" in result.stderr
