@@ -8,7 +8,7 @@ COMPOSE ?= docker compose
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run stack test test-unit test-integration test-compose lint format bench lock \
-        up down logs ps prod-up certs certbot clean
+        up down logs ps prod-up certs certbot clean prod-env prod-seed-certs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -25,7 +25,7 @@ run: venv ## gateway (127.0.0.1:9090) + AI API (127.0.0.1:8000) as local process
 	@$(BIN)/python scripts/run_local.py
 
 stack: venv certs ## the process stack: redis + gateway + AI API + nginx TLS, from the production config files
-	@$(BIN)/python scripts/run_local.py --stack
+	@$(BIN)/python scripts/run_stack.py
 
 test: venv ## every test (unit, integration, config); integration tests skip without their binaries unless CI=true
 	$(BIN)/pytest
@@ -45,6 +45,56 @@ lock: venv ## recompile the lock files from the requirements*.in files
 	cd services/wechat-gateway && ../../$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-lock.txt requirements.in
 	cd services/ai-api && ../../$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-lock.txt requirements.in
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-dev-lock.txt requirements-dev.in
+
+# ---- deploy: the compose stack (compose.yaml; production adds compose.prod.yaml) ----------
+CERTS_DIR := infra/nginx/certs
+PROD_ENV_FILE ?= /etc/celestial-nexus/prod.env
+PROD_COMPOSE = $(COMPOSE) --env-file $(PROD_ENV_FILE) -f compose.yaml -f compose.prod.yaml
+
+test-compose: venv ## the real compose stack under a Docker engine of its own (root, docker.io, debootstrap)
+	$(BIN)/pytest -m compose tests/compose
+
+up: certs ## the compose stack in the background (builds the images; config from .env)
+	$(COMPOSE) up -d --build
+
+down: ## stop the compose stack (data volumes are kept)
+	$(COMPOSE) down
+
+logs: ## follow the compose stack's logs (SERVICE=nginx for one service)
+	$(COMPOSE) logs -f --tail=100 $(SERVICE)
+
+ps: ## the compose stack's containers and their health
+	$(COMPOSE) ps
+
+certs: $(CERTS_DIR)/fullchain.pem ## a self-signed certificate for local use (infra/nginx/certs/)
+
+$(CERTS_DIR)/fullchain.pem:
+	mkdir -p $(CERTS_DIR)
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=localhost" \
+	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(CERTS_DIR)/privkey.pem -out $(CERTS_DIR)/fullchain.pem 2>/dev/null
+	chmod 600 $(CERTS_DIR)/privkey.pem
+
+prod-env:
+	@test -r "$(PROD_ENV_FILE)" || { echo "PROD_ENV_FILE=$(PROD_ENV_FILE) is not readable: copy .env.example there (outside the repo, mode 0600) and set real secrets"; exit 2; }
+
+# nginx needs some certificate to start: until certbot has delivered one, the certs volume
+# holds the self-signed pair.
+prod-seed-certs: prod-env certs
+	$(PROD_COMPOSE) run --rm --no-deps -v $(CURDIR)/$(CERTS_DIR):/seed:ro --entrypoint /bin/sh certbot \
+	  -c 'test -s /certs/fullchain.pem || cp /seed/fullchain.pem /seed/privkey.pem /certs/'
+
+prod-up: prod-seed-certs ## production: compose.yaml + compose.prod.yaml, secrets from PROD_ENV_FILE
+	$(PROD_COMPOSE) up -d --build --remove-orphans
+
+certbot: prod-seed-certs ## first Let's Encrypt certificate: make certbot DOMAIN=wx.example.com EMAIL=you@example.com
+	@test -n "$(DOMAIN)" -a -n "$(EMAIL)" || { echo "usage: make certbot DOMAIN=wx.example.com EMAIL=you@example.com"; exit 2; }
+	$(PROD_COMPOSE) up -d --build nginx
+	$(PROD_COMPOSE) run --rm --no-deps --entrypoint certbot certbot certonly --webroot -w /var/www/acme \
+	  -d $(DOMAIN) --email $(EMAIL) --agree-tos --no-eff-email --non-interactive \
+	  --deploy-hook 'cp -L "$$RENEWED_LINEAGE/fullchain.pem" "$$RENEWED_LINEAGE/privkey.pem" /certs/'
+	$(PROD_COMPOSE) exec nginx nginx -s reload
+	@echo "certificate for $(DOMAIN) installed; the certbot service renews it (make prod-up starts it)"
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -23,29 +23,50 @@ from tests.support.processes import REPO_ROOT, VENV_BIN, wait_until
 STANDINS_DIR = Path(__file__).parent / "standins"
 BASE_IMAGE = "localbase:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-SERVICE_DOCKERFILES = [
-    REPO_ROOT / "services" / "wechat-gateway" / "Dockerfile",
-    REPO_ROOT / "services" / "ai-api" / "Dockerfile",
-]
-# compose.yaml service -> the stand-in folder that replaces its upstream image.
-STANDIN_FOR_SERVICE = {"redis": "redis", "nginx": "nginx", "prometheus": "prometheus"}
+# Upstream repository -> the stand-in folder that replaces it (None: the debootstrapped base
+# itself, retagged). An image the stack needs that is not here fails the test by name.
+STANDIN_FOR_REPOSITORY: dict[str, str | None] = {
+    "python": "python",
+    "redis": "redis",
+    "nginx": "nginx",
+    "prom/prometheus": "prometheus",
+    "debian": None,
+}
 
 
-def python_base_tag() -> str:
-    """The one Python base image both service Dockerfiles build FROM."""
-    tags = set()
-    for dockerfile in SERVICE_DOCKERFILES:
-        tags.update(re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), flags=re.M))
-    assert len(tags) == 1, f"service Dockerfiles use different bases: {sorted(tags)}"
-    return tags.pop()
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    return name.removeprefix("docker.io/").removeprefix("library/")
 
 
-def upstream_tags(compose_images: dict[str, str]) -> dict[str, str]:
-    """Stand-in folder -> the upstream tag it must carry (from the project's own files)."""
-    tags = {"python": python_base_tag()}
-    for service, standin in STANDIN_FOR_SERVICE.items():
-        tags[standin] = compose_images[service]
-    return tags
+def needed_upstream_images(config: dict, services: list[str]) -> set[str]:
+    """Every upstream image the given services run or build FROM (compose's merged model)."""
+    images = set()
+    for name in services:
+        svc = config["services"][name]
+        build = svc.get("build")
+        if not build:
+            images.add(svc["image"])
+            continue
+        dockerfile = Path(build["context"]) / build.get("dockerfile", "Dockerfile")
+        stages = set()
+        for match in re.finditer(
+            r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", dockerfile.read_text(), flags=re.M | re.I
+        ):
+            if match.group(1) not in stages:
+                images.add(match.group(1))
+            if match.group(2):
+                stages.add(match.group(2))
+    return images
+
+
+def standin_plan(images: set[str]) -> dict[str, str | None]:
+    """Upstream tag -> stand-in folder (None: retag the base). Unknown images fail loudly."""
+    unknown = sorted(i for i in images if _repository(i) not in STANDIN_FOR_REPOSITORY)
+    assert not unknown, f"no stand-in for {unknown}: add one under {STANDINS_DIR}"
+    return {image: STANDIN_FOR_REPOSITORY[_repository(image)] for image in sorted(images)}
 
 
 def local_extra_ca() -> str:
@@ -194,16 +215,19 @@ def ensure_base_image(engine: Engine, cache_dir: Path | None = None) -> None:
     engine.docker("import", str(tarball), BASE_IMAGE, timeout_s=300)
 
 
-def build_standins(engine: Engine, tags: dict[str, str]) -> dict[str, float]:
+def build_standins(engine: Engine, plan: dict[str, str | None]) -> dict[str, float]:
     """Build each stand-in and tag it with its upstream name; returns seconds per image."""
     durations = {}
-    for standin, tag in tags.items():
+    for tag, standin in plan.items():
         if engine.image_exists(tag):
-            durations[standin] = 0.0
+            durations[tag] = 0.0
             continue
         started = time.monotonic()
-        engine.docker("build", "--quiet", "-t", tag, str(STANDINS_DIR / standin), timeout_s=600)
-        durations[standin] = round(time.monotonic() - started, 1)
+        if standin is None:
+            engine.docker("tag", BASE_IMAGE, tag)
+        else:
+            engine.docker("build", "--quiet", "-t", tag, str(STANDINS_DIR / standin), timeout_s=600)
+        durations[tag] = round(time.monotonic() - started, 1)
     return durations
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import ssl
 import time
@@ -27,11 +28,20 @@ from tests.compose.engine import (
     build_standins,
     ensure_base_image,
     local_extra_ca,
+    needed_upstream_images,
+    standin_plan,
     start_engine,
     stop_engine,
-    upstream_tags,
 )
-from tests.support.processes import free_port, in_ci, require_binary, wait_until
+from tests.support.processes import (
+    REPO_ROOT,
+    free_port,
+    in_ci,
+    make_self_signed_cert,
+    require_binary,
+    wait_until,
+)
+from tests.support.tls import verified_session
 from tests.support.wechat import Account, WeChatSimulator, text_message
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
@@ -42,35 +52,19 @@ SKIPPED_SERVICES = {"grafana"}  # no Grafana build exists for this machine (mach
 CACHE_ENV = "COMPOSE_TEST_CACHE"
 
 
-def _make_cert(directory: Path) -> None:
-    """A self-signed pair named as nginx expects (fullchain.pem, privkey.pem)."""
-    import subprocess
+def throwaway_required_values(env: dict[str, str]) -> dict[str, str]:
+    """A value for every `${VAR:?...}` of the compose files the test does not set itself.
 
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(directory / "privkey.pem"),
-            "-out",
-            str(directory / "fullchain.pem"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    for pem in directory.glob("*.pem"):
-        pem.chmod(0o644)  # read by nginx inside the container
+    URLs point at a closed port inside the container itself, so nothing leaves the stack.
+    """
+    values = {}
+    for path in (REPO_ROOT / "compose.yaml", REPO_ROOT / "compose.prod.yaml"):
+        for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*):\?", path.read_text()):
+            if name not in env:
+                values[name] = (
+                    "http://127.0.0.1:9/unused" if name.endswith("URL") else secrets.token_hex(16)
+                )
+    return values
 
 
 class Stack:
@@ -83,10 +77,20 @@ class Stack:
         self.account = account
         self.cert = cert
         self.timings: dict[str, float] = {}
+        self.services: list[str] = []
 
     @property
     def wechat_url(self) -> str:
         return f"https://127.0.0.1:{self.https_port}/wechat"
+
+    def client(self) -> requests.Session:
+        return verified_session(str(self.cert))
+
+    def simulator(self) -> WeChatSimulator:
+        session = self.client()
+        sim = WeChatSimulator(self.wechat_url, self.account, mode="safe", session=session)
+        session.verify = str(self.cert)  # the simulator turns verification off; back on
+        return sim
 
     def containers(self, service: str) -> list[str]:
         return self.project.text("ps", "-q", service).split()
@@ -119,7 +123,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         cache.mkdir(parents=True, exist_ok=True)
     certs = work / "certs"
     certs.mkdir()
-    _make_cert(certs)
+    make_self_signed_cert(certs)
+    for pem in certs.glob("*.pem"):
+        pem.chmod(0o644)  # read through a bind mount inside the container
     env_file = work / "empty.env"  # never the developer's .env
     env_file.write_text("")
     account = Account(
@@ -140,6 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "BUILD_EXTRA_CA_CERT": local_extra_ca(),
         "IMAGE_TAG": "compose-test",
     }
+    env = {**throwaway_required_values(env), **env}
     timings: dict[str, float] = {}
     started = time.monotonic()
     engine = start_engine(data_root=cache / "docker-data" if cache else None)
@@ -151,22 +158,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         timings["base_image_s"] = round(time.monotonic() - started, 1)
 
         config = json.loads(project.text("config", "--format", "json"))
-        images = {name: svc.get("image", "") for name, svc in config["services"].items()}
+        services = sorted(set(config["services"]) - SKIPPED_SERVICES)
         started = time.monotonic()
-        build_standins(engine, upstream_tags(images))
+        build_standins(engine, standin_plan(needed_upstream_images(config, services)))
         timings["standins_s"] = round(time.monotonic() - started, 1)
 
         started = time.monotonic()
-        project("build", timeout_s=1200)
+        project("build", *services, timeout_s=1200)
         timings["project_images_s"] = round(time.monotonic() - started, 1)
 
-        services = sorted(set(config["services"]) - SKIPPED_SERVICES)
         started = time.monotonic()
         project("up", "-d", "--wait", "--wait-timeout", "240", *services, timeout_s=300)
         timings["up_healthy_s"] = round(time.monotonic() - started, 1)
 
         result = Stack(project, https_port, http_port, account, certs / "fullchain.pem")
         result.timings = timings
+        result.services = services
         yield result
     except Exception:
         logs = project("logs", "--no-color", "--tail", "60", check=False, timeout_s=60)
@@ -191,13 +198,14 @@ def test_every_service_is_healthy(stack: Stack) -> None:
     if len(states) == 1 and isinstance(states[0], list):
         states = states[0]
     health = {s["Service"]: s.get("Health", "") for s in states}
-    expected = {"wechat-gateway", "ai-api", "redis", "nginx", "prometheus"}
+    expected = set(stack.services)
+    assert {"wechat-gateway", "ai-api", "redis", "nginx", "prometheus"} <= expected
     assert expected <= set(health), health
     assert all(health[name] == "healthy" for name in expected), health
 
 
 def test_safe_mode_callback_through_nginx_tls(stack: Stack) -> None:
-    sim = WeChatSimulator(stack.wechat_url, stack.account, mode="safe")
+    sim = stack.simulator()
     attempt = sim.post(text_message("你好", openid="oComposeUser1"))
     assert attempt.verdict == "reply", (attempt.status, attempt.body[:300])
     assert attempt.reply is not None
@@ -219,15 +227,14 @@ def test_tls_certificate_and_hsts(stack: Stack) -> None:
 
 
 def test_http_redirects_and_internal_paths_are_refused(stack: Stack) -> None:
-    response = requests.get(
+    client = stack.client()
+    response = client.get(
         f"http://127.0.0.1:{stack.http_port}/wechat?x=1", allow_redirects=False, timeout=5
     )
     assert response.status_code == 301
     assert response.headers["Location"].startswith("https://")
     for path in ("/health", "/metrics", "/_debug_signature"):
-        response = requests.get(
-            f"https://127.0.0.1:{stack.https_port}{path}", verify=False, timeout=5
-        )
+        response = client.get(f"https://127.0.0.1:{stack.https_port}{path}", timeout=5)
         assert response.status_code in (403, 404), path
 
 
@@ -247,7 +254,7 @@ def test_gateway_scales_to_two_replicas_and_both_serve(stack: Stack) -> None:
     replicas = stack.containers("wechat-gateway")
     assert len(replicas) == 2, replicas
     before = {c: len(stack.request_lines(c)) for c in replicas}
-    sim = WeChatSimulator(stack.wechat_url, stack.account, mode="safe")
+    sim = stack.simulator()
     sent = []
 
     def both_served() -> bool:
