@@ -79,7 +79,7 @@ def utf8_len(text: str) -> int:
 _BREAKS = (
     re.compile(r"\n\s*\n"),
     re.compile(r"\n"),
-    re.compile(r"[。！？!?…]+[”’」』）)\"']*|[.;；](?=\s)"),
+    re.compile(r"[。！？!?…]+[”’」』）)\"']*[ \t]*|[.;；][ \t]+"),
     re.compile(r"[，、,：:；;]"),
     re.compile(r"\s+"),
 )

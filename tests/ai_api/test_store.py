@@ -1,0 +1,90 @@
+"""The in-process store (expiry, capacity) and the Redis fallback when Redis is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+
+from celestial_nexus.store import LocalStore, RedisStore, ResilientStore
+
+from tests.support.processes import free_port
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_local_store_lists_expire():
+    clock = Clock()
+    store = LocalStore(10, clock=clock)
+    run(store.push_trim("k", ["a", "b", "c"], keep=2, ttl_s=10))
+    assert run(store.get_list("k")) == ["b", "c"]
+    clock.now += 9.9
+    run(store.push_trim("k", ["d"], keep=2, ttl_s=10))  # refreshes the expiry
+    clock.now += 9.9
+    assert run(store.get_list("k")) == ["c", "d"]
+    clock.now += 0.2
+    assert run(store.get_list("k")) == []
+
+
+def test_local_store_pop_set_delete():
+    store = LocalStore(10, clock=Clock())
+    run(store.set_list("p", ["1", "2"], ttl_s=5))
+    assert run(store.pop_first("p")) == "1"
+    assert run(store.pop_first("p")) == "2"
+    assert run(store.pop_first("p")) is None
+    run(store.set_list("p", ["x"], ttl_s=5))
+    run(store.set_list("p", [], ttl_s=5))
+    assert run(store.get_list("p")) == []
+    run(store.set_list("q", ["x"], ttl_s=5))
+    run(store.delete("q", "missing"))
+    assert len(store) == 0
+
+
+def test_local_store_is_bounded_and_evicts_the_least_recently_used():
+    store = LocalStore(3, clock=Clock())
+    for key in ("a", "b", "c"):
+        run(store.set_list(key, [key], ttl_s=60))
+    run(store.get_list("a"))  # a is used again
+    run(store.set_list("d", ["d"], ttl_s=60))
+    assert len(store) == 3
+    assert run(store.get_list("b")) == []
+    assert run(store.get_list("a")) == ["a"]
+
+
+def test_unreachable_redis_degrades_to_the_local_store_and_retries():
+    clock = Clock()
+    states: list[str] = []
+
+    async def scenario() -> None:
+        redis_store = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+        store = ResilientStore(
+            redis_store,
+            LocalStore(10, clock=clock),
+            retry_after_s=5,
+            clock=clock,
+            on_state=states.append,
+        )
+        await store.set_list("k", ["v"], ttl_s=60)  # fails over, does not raise
+        assert store.state == "down"
+        assert await store.get_list("k") == ["v"]  # served locally meanwhile
+        clock.now += 6
+        assert await store.check() == "down"
+        await store.delete("k")
+        assert await store.get_list("k") == []
+        await store.close()
+
+    run(scenario())
+    assert states[0] == "up" and "down" in states
+
+
+def test_no_redis_means_disabled():
+    store = ResilientStore(None, LocalStore(10))
+    assert run(store.check()) == "disabled"
