@@ -19,6 +19,8 @@ class FakeAI:
 
     def __init__(self) -> None:
         self.latency_s = 0.0
+        self.latency_for = lambda message: self.latency_s
+        self.completed: list[str] = []  # dedup keys whose answer was written
         self.status = 200
         self.raw_body: bytes | None = None
         self.reply_for = lambda message: {
@@ -71,13 +73,16 @@ class FakeAI:
                 length = int(self.headers.get("Content-Length", 0))
                 message = json.loads(self.rfile.read(length) or b"{}")
                 fake._record(message, dict(self.headers))
-                if fake.latency_s:
-                    time.sleep(fake.latency_s)
+                latency = fake.latency_for(message)
+                if latency:
+                    time.sleep(latency)
                 if fake.raw_body is not None:
                     self._send(fake.status, fake.raw_body)
                     return
                 body = json.dumps({"reply": fake.reply_for(message)}, ensure_ascii=False)
                 self._send(fake.status, body.encode())
+                with fake._lock:
+                    fake.completed.append(message.get("dedup_key", ""))
 
             def _send(self, status: int, body: bytes) -> None:
                 try:

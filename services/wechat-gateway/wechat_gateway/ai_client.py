@@ -38,12 +38,22 @@ class AIClient:
         self.session = session or requests.Session()
 
     def reply(
-        self, message: dict[str, Any], deadline_s: float, request_id: str = ""
+        self,
+        message: dict[str, Any],
+        deadline_s: float,
+        request_id: str = "",
+        timeout_s: float | None = None,
     ) -> dict | None:
-        """The AI API's reply document for `message`, or None for "nothing to say"."""
+        """The AI API's reply document for `message`, or None for "nothing to say".
+
+        `deadline_s` is what the AI API is told it has; `timeout_s` (default: the deadline)
+        is how long we wait, longer when a late answer can still be parked or pushed.
+        """
         started = time.monotonic()
+        deadline_s = max(deadline_s, 0.05)
+        timeout_s = max(timeout_s or 0.0, deadline_s)
         try:
-            reply = self._post(message, max(deadline_s, 0.05), request_id)
+            reply = self._post(message, deadline_s, timeout_s, request_id)
         except AIError as exc:
             metrics.AI_ERRORS.labels(reason=exc.reason).inc()
             metrics.AI_LATENCY.labels(outcome="error").observe(time.monotonic() - started)
@@ -51,17 +61,19 @@ class AIClient:
         metrics.AI_LATENCY.labels(outcome="ok").observe(time.monotonic() - started)
         return reply
 
-    def _post(self, message: dict[str, Any], deadline_s: float, request_id: str) -> dict | None:
+    def _post(
+        self, message: dict[str, Any], deadline_s: float, timeout_s: float, request_id: str
+    ) -> dict | None:
         headers = {DEADLINE_HEADER: str(int(deadline_s * 1000)), "X-Request-Id": request_id}
         try:
             response = self.session.post(
                 self.reply_url,
                 json=message,
                 headers=headers,
-                timeout=(_CONNECT_TIMEOUT_S, deadline_s + _READ_MARGIN_S),
+                timeout=(_CONNECT_TIMEOUT_S, timeout_s + _READ_MARGIN_S),
             )
         except requests.Timeout:
-            raise AIError("timeout", f"no answer within {deadline_s:.1f}s") from None
+            raise AIError("timeout", f"no answer within {timeout_s:.1f}s") from None
         except requests.RequestException as exc:
             raise AIError("connection", f"{type(exc).__name__}") from None
         if response.status_code != 200:

@@ -74,6 +74,7 @@ class Settings:
     retry_hold_s: float = 5.5
     delivery_window_s: float = 14.0
     custom_window_s: float = 60.0
+    late_answer_timeout_s: float = 60.0
     placeholder_reply: str = DEFAULT_PLACEHOLDER
     parked_ttl_s: int = 86400
     max_attempts: int = 3
@@ -208,6 +209,7 @@ class _SettingsReader:
             retry_hold_s=self.number("WECHAT_RETRY_HOLD", 5.5, minimum=0.1),
             delivery_window_s=self.number("WECHAT_DELIVERY_WINDOW", 14.0, minimum=0.1),
             custom_window_s=self.number("WECHAT_CUSTOM_WINDOW", 60.0, minimum=0.1),
+            late_answer_timeout_s=self.number("WECHAT_LATE_ANSWER_TIMEOUT", 60.0, minimum=0.1),
             placeholder_reply=self.text("WECHAT_PLACEHOLDER_REPLY", DEFAULT_PLACEHOLDER) or "",
             parked_ttl_s=self.number("WECHAT_PARKED_TTL", 86400, minimum=1, integer=True),
             appsecret=self.raw("WECHAT_APPSECRET"),

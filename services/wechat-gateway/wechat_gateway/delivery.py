@@ -19,6 +19,8 @@ against each other (see dedup.py).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -37,8 +39,8 @@ _REMOTE_POLL_S = 0.05
 
 
 class CustomSender(Protocol):
-    def deliver(self, openid: str, reply: dict[str, Any]) -> bool:
-        """Send `reply` through the customer-service API; False when it must be parked."""
+    def deliver(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
+        """Send `reply` through the customer-service API; return what must be parked."""
 
 
 @dataclass
@@ -74,7 +76,8 @@ class Delivery:
         self.sender = sender
         self.clock = clock
         self.sleep = sleep
-        self.owner = f"{uuid.uuid4().hex[:12]}"
+        # Host and pid in the owner id tell an operator (and a test) which process owns a job.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._done: dict[str, threading.Event] = {}
 
     # -- an attempt -------------------------------------------------------------------
@@ -240,7 +243,7 @@ class Delivery:
         keeper = threading.Thread(target=self._keep_lease, args=(key, done), daemon=True)
         keeper.start()
         try:
-            answer = self._ask_ai(message, window_s, request_id)
+            answer = self._ask_ai(message, window_s, self._timeout_s(window_s), request_id)
             answer["started_at"] = started
             flags = self.store.finish(key, answer)
             done.set()
@@ -251,11 +254,19 @@ class Delivery:
             done.set()
             self._done.pop(key, None)
 
-    def _ask_ai(self, message: dict[str, Any], window_s: float, request_id: str) -> dict:
+    def _timeout_s(self, window_s: float) -> float:
+        """How long the job waits: in retry mode past the window, for a parkable answer."""
+        if self.settings.slow_reply_mode == "retry":
+            return max(window_s, self.settings.late_answer_timeout_s)
+        return window_s
+
+    def _ask_ai(
+        self, message: dict[str, Any], window_s: float, timeout_s: float, request_id: str
+    ) -> dict:
         if self.ai is None:
             return {"reply": self._text(self.settings.fallback_reply), "source": "fallback"}
         try:
-            return {"reply": self.ai.reply(message, window_s, request_id), "source": "ai"}
+            reply = self.ai.reply(message, window_s, request_id, timeout_s=timeout_s)
         except AIError as exc:
             log.warning(
                 "AI API failed (%s): %s; answering with WECHAT_FALLBACK_REPLY",
@@ -264,6 +275,7 @@ class Delivery:
                 extra={"event": "ai_error", "reason": exc.reason},
             )
             return {"reply": self._text(self.settings.fallback_reply), "source": "fallback"}
+        return {"reply": reply, "source": "ai"}
 
     def _keep_lease(self, key: str, done: threading.Event) -> None:
         interval = self.settings.job_lease_s / 3
@@ -282,9 +294,11 @@ class Delivery:
         """
         if not flags or answer.get("reply") is None or answer.get("source") == "fallback":
             return
-        pushed = CUSTOM_PENDING in flags and self.sender is not None
-        if pushed and self.sender.deliver(message["openid"], answer["reply"]):
-            self._count_reply("custom", answer)
-            return
+        if CUSTOM_PENDING in flags and self.sender is not None:
+            unsent = self.sender.deliver(message["openid"], answer["reply"])
+            if unsent is None:
+                self._count_reply("custom", answer)
+                return
+            answer = {**answer, "reply": unsent}
         self.store.park(user_key(message), answer, self.settings.parked_ttl_s)
         log.info("late answer parked for the user's next message", extra={"event": "parked"})

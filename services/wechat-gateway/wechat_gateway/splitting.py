@@ -1,0 +1,29 @@
+"""Cutting long text into parts of at most N bytes of UTF-8, at natural boundaries."""
+
+from __future__ import annotations
+
+# Preferred cut points, best first: paragraph, line, sentence end, clause, space.
+_BOUNDARIES = ("\n\n", "\n", "。", "！", "？", ". ", "! ", "? ", "；", "，", ", ", " ")
+
+
+def split_utf8(text: str, max_bytes: int) -> list[str]:
+    """Parts of `text`, each at most max_bytes of UTF-8, that join back to `text` exactly."""
+    parts: list[str] = []
+    rest = text
+    while len(rest.encode("utf-8")) > max_bytes:
+        head = rest.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+        cut = _best_cut(head)
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    if rest or not parts:
+        parts.append(rest)
+    return parts
+
+
+def _best_cut(head: str) -> int:
+    """The index after the last good boundary in the second half of `head`, else len(head)."""
+    for boundary in _BOUNDARIES:
+        index = head.rfind(boundary)
+        if index >= len(head) // 2:
+            return index + len(boundary)
+    return len(head)
