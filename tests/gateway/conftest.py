@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from wechat_gateway.app import create_app
-from wechat_gateway.config import Settings
 
 from tests.support.wechat import Account, WeChatSimulator
+from wechat_gateway.app import create_app
+from wechat_gateway.config import Settings
 
 ACCOUNT = Account()
 

@@ -1,6 +1,7 @@
 """wechat_gateway.config: defaults, and start-up errors that name the variable."""
 
 import pytest
+
 from wechat_gateway.config import DEVELOPMENT_AES_KEY, DEVELOPMENT_TOKEN, Settings
 from wechat_gateway.errors import ConfigError
 

@@ -5,6 +5,9 @@ import struct
 
 import pytest
 from Crypto.Cipher import AES
+from wechatpy.crypto import PrpCrypto
+from wechatpy.exceptions import InvalidAppIdException
+
 from wechat_gateway.crypto import (
     CryptoError,
     MessageCipher,
@@ -13,8 +16,6 @@ from wechat_gateway.crypto import (
     pkcs7_pad,
     pkcs7_unpad,
 )
-from wechatpy.crypto import PrpCrypto
-from wechatpy.exceptions import InvalidAppIdException
 
 ENCODING_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 APPID = "wx0123456789abcdef"

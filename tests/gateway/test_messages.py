@@ -3,6 +3,7 @@
 import time
 
 import pytest
+
 from wechat_gateway.errors import BadRequest, HostileXml
 from wechat_gateway.messages import dedup_key, normalize, parse_xml
 

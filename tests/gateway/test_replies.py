@@ -3,6 +3,7 @@
 import xml.etree.ElementTree as ET
 
 import pytest
+
 from wechat_gateway.replies import cdata, render_reply, render_text, truncate_utf8, xml_safe
 
 

@@ -1,9 +1,10 @@
 """wechat_gateway.signature: the official worked example, wechatpy, rotation, skew."""
 
 import pytest
-from wechat_gateway.signature import compute_signature, matching_token, timestamp_within_skew
 from wechatpy.exceptions import InvalidSignatureException
 from wechatpy.utils import check_signature
+
+from wechat_gateway.signature import compute_signature, matching_token, timestamp_within_skew
 
 # WeChat's worked example: Token AAAAA, ts 1714036504, nonce 1514711492.
 OFFICIAL = ("AAAAA", "1714036504", "1514711492")

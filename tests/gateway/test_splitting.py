@@ -1,6 +1,7 @@
 """wechat_gateway.splitting: parts within the byte limit that join back exactly."""
 
 import pytest
+
 from wechat_gateway.splitting import split_utf8
 
 TEXTS = {

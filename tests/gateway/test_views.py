@@ -146,10 +146,10 @@ def test_tampered_ciphertext_fails_closed(gateway, fake_ai):
 
 
 def test_message_for_another_appid_is_403(gateway, fake_ai):
-    from wechat_gateway.crypto import decode_aes_key
     from wechatpy.crypto import PrpCrypto
 
     from tests.support.wechat import to_xml
+    from wechat_gateway.crypto import decode_aes_key
 
     encrypted = (
         PrpCrypto(decode_aes_key(gateway.wechat.account.encoding_aes_key))

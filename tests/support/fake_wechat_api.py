@@ -72,8 +72,8 @@ class FakeWeChatApi:
         with self._lock:
             if query.get("access_token", [""])[0] not in self.valid_tokens:
                 return {"errcode": 40001, "errmsg": "invalid credential"}
-            if self.send_errors:
-                errcode = self.send_errors.pop(0)
+            errcode = self.send_errors.pop(0) if self.send_errors else 0
+            if errcode:  # 0 in the list lets that send through
                 return {"errcode": errcode, "errmsg": "simulated"}
         with self.sent_event:
             self.sent.append(body)
