@@ -38,9 +38,10 @@ class Gateway:
 
 @pytest.fixture
 def make_gateway(fake_ai):
-    def build(**overrides) -> Gateway:
+    def build(sender=None, **overrides) -> Gateway:
         settings = make_settings(fake_ai.url, **overrides)
-        return Gateway(create_app(settings), WeChatSimulator("http://unused/wechat", ACCOUNT))
+        app = create_app(settings, sender=sender)
+        return Gateway(app, WeChatSimulator("http://unused/wechat", ACCOUNT))
 
     return build
 

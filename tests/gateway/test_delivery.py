@@ -1,0 +1,90 @@
+"""wechat_gateway.delivery in-process: hand-offs, parking and the modes, with short budgets."""
+
+from __future__ import annotations
+
+import threading
+
+from tests.support.processes import wait_until
+from tests.support.wechat import event_message, text_message
+
+
+class RecordingSender:
+    """Stands in for the customer-service client; refuses when told to."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.sent: list[tuple[str, dict]] = []
+        self.called = threading.Event()
+
+    def deliver(self, openid, reply):
+        self.sent.append((openid, reply))
+        self.called.set()
+        return reply if self.refuse else None
+
+
+def finished(fake_ai, count: int) -> bool:
+    return len(fake_ai.completed) >= count
+
+
+def test_custom_mode_pushes_a_late_answer(make_gateway, fake_ai):
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
+    fake_ai.latency_s = 0.8
+    response = gateway.post(text_message("慢", openid="oPush"))
+    assert response.data == b"success"
+    assert sender.called.wait(5)
+    assert sender.sent == [("oPush", {"type": "text", "content": "答：慢"})]
+
+
+def test_custom_mode_parks_what_cannot_be_pushed(make_gateway, fake_ai):
+    sender = RecordingSender(refuse=True)  # e.g. 45015: outside the 48-hour window
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
+    fake_ai.latency_s = 0.8
+    assert gateway.post(text_message("慢", openid="oPark")).data == b"success"
+    assert sender.called.wait(5)
+    fake_ai.latency_s = 0
+    parked = gateway.reply_of(gateway.post(text_message("在吗", openid="oPark")))
+    assert parked["Content"] == "答：慢"
+    again = gateway.reply_of(gateway.post(text_message("再问", openid="oPark")))
+    assert again["Content"] == "答：再问"  # a parked answer is delivered once
+
+
+def test_retry_mode_last_attempt_sends_the_placeholder(make_gateway, fake_ai):
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
+    fake_ai.latency_s = 1.0
+    reply = gateway.reply_of(gateway.post(text_message("慢", openid="oHold")))
+    assert reply["Content"].startswith("正在思考")
+
+
+def test_retry_mode_holds_earlier_attempts_without_success(make_gateway, fake_ai):
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
+    fake_ai.latency_s = 1.0
+    response = gateway.post(text_message("慢", openid="oHeld"))
+    assert response.status_code == 503 and response.data == b""  # never `success`
+
+
+def test_unsubscribe_erases_parked_answers(gateway, fake_ai):
+    store = gateway.app.extensions["celestial_nexus"].store
+    user = "gh_0123456789ab:oBye"
+    store.park(user, {"reply": {"type": "text", "content": "old"}, "source": "ai"}, 60)
+    fake_ai.reply_for = lambda m: None
+    assert gateway.post(event_message("unsubscribe", openid="oBye")).data == b"success"
+    assert store.pop_parked(user) is None
+
+
+def test_fallback_answers_are_not_parked(make_gateway, fake_ai):
+    gateway = make_gateway(
+        reply_budget_s=0.3,
+        retry_hold_s=0.4,
+        max_attempts=1,
+        late_answer_timeout_s=0.6,
+        delivery_window_s=0.5,
+    )
+    fake_ai.latency_s = 2.0  # beyond the late-answer timeout: the job ends in the fallback
+    fields = text_message("慢", openid="oFallback")
+    assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
+    store = gateway.app.extensions["celestial_nexus"].store
+    key = f"msg:{fields['MsgId']}:oFallback:{fields['CreateTime']}"
+    wait_until(lambda: store.get(key).answer is not None, 5, "the job to end")
+    assert store.get(key).answer["source"] == "fallback"
+    assert store.pop_parked("gh_0123456789ab:oFallback") is None
