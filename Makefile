@@ -52,7 +52,7 @@ PROD_ENV_FILE ?= /etc/celestial-nexus/prod.env
 PROD_COMPOSE = $(COMPOSE) --env-file $(PROD_ENV_FILE) -f compose.yaml -f compose.prod.yaml
 
 test-compose: venv ## the real compose stack under a Docker engine of its own (root, docker.io, debootstrap)
-	$(BIN)/pytest -m compose tests/compose
+	$(BIN)/pytest -m compose -s tests/compose
 
 up: certs ## the compose stack in the background (builds the images; config from .env)
 	$(COMPOSE) up -d --build
