@@ -7,8 +7,8 @@ LOCKS := services/wechat-gateway/requirements-lock.txt services/ai-api/requireme
 COMPOSE ?= docker compose
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run stack test test-unit test-integration test-compose lint format bench lock \
-        up down logs ps prod-up certs certbot clean prod-env prod-seed-certs
+.PHONY: help venv run stack test test-compose lint format bench lock \
+        up down logs ps prod-up certs certbot clean prod-env prod-seed-certs check-endpoint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -29,6 +29,11 @@ stack: venv certs ## the process stack: redis + gateway + AI API + nginx TLS, fr
 
 test: venv ## every test (unit, integration, config); integration tests skip without their binaries unless CI=true
 	$(BIN)/pytest
+
+check-endpoint: venv ## check a deployed callback the way WeChat does: make check-endpoint URL=https://wx.example.com/wechat
+	@test -n "$(URL)" || { echo "usage: make check-endpoint URL=https://your-domain/wechat [ARGS=--insecure]"; exit 2; }
+	@set -a; [ -f .env ] && . ./.env; set +a; \
+	  cd services/wechat-gateway && ../../$(BIN)/python -m wechat_gateway.checker "$(URL)" $(ARGS)
 
 lint: venv ## ruff (print banned) and the format check
 	$(BIN)/ruff check .
