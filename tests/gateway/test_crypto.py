@@ -120,7 +120,7 @@ def test_wrong_appid_is_refused():
 def test_key_rotation_tries_previous_keys():
     old = decode_aes_key("Z" * 43)
     encrypted = PrpCrypto(old).encrypt("<xml>old</xml>", APPID).decode()
-    assert decrypt_with_keys([KEY, old], APPID, encrypted) == b"<xml>old</xml>"
+    assert decrypt_with_keys([KEY, old], APPID, encrypted) == (1, b"<xml>old</xml>")
     with pytest.raises(CryptoError):
         decrypt_with_keys([KEY], APPID, encrypted)
 

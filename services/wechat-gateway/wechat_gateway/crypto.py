@@ -111,16 +111,16 @@ class MessageCipher:
         return frame[RANDOM_PREFIX_BYTES + 4 : body_end]
 
 
-def decrypt_with_keys(keys: Sequence[bytes], appid: str, encrypted: str) -> bytes:
-    """Try the current key, then each previous one (key rotation); raise the first key's error.
+def decrypt_with_keys(keys: Sequence[bytes], appid: str, encrypted: str) -> tuple[int, bytes]:
+    """(index of the key that worked, message): the current key first, then previous ones.
 
     A wrong key almost always fails the padding or length check; the AppID check
-    catches the rest. The current key's error is the one worth reporting.
+    catches the rest. On failure the current key's error is the one worth reporting.
     """
     first_error: CryptoError | None = None
-    for key in keys:
+    for index, key in enumerate(keys):
         try:
-            return MessageCipher(key, appid).decrypt(encrypted)
+            return index, MessageCipher(key, appid).decrypt(encrypted)
         except CryptoError as exc:
             first_error = first_error or exc
     raise first_error or CryptoError("key", "no AES key configured")

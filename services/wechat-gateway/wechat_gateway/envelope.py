@@ -37,6 +37,9 @@ class OpenedCallback:
     nonce: str
     # Failures tolerated because STRICT_WECHAT_VERIFY=0 (development only), for the log.
     tolerated: list[GatewayError] = field(default_factory=list)
+    # Which accepted token / AES key matched: 0 is the current one, >0 a rotated-out one.
+    token_index: int | None = None
+    key_index: int | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -70,9 +73,25 @@ def verify_url(
         query, "signature", "timestamp", "nonce", "echostr"
     )
     tolerated: list[GatewayError] = []
-    if signature.matching_token(sig, account.accepted_tokens, timestamp, nonce) is None:
-        _check(SignatureMismatch("signature mismatch", reason="bad_signature"), strict, tolerated)
+    _verify_signature(sig, account, strict, tolerated, "bad_signature", timestamp, nonce)
     return echostr, tolerated
+
+
+def _verify_signature(
+    provided: str,
+    account: AccountSettings,
+    strict: bool,
+    tolerated: list[GatewayError],
+    reason: str,
+    *signed: str,
+) -> int | None:
+    """The index of the accepted token that signed `signed`; a mismatch raises (or is noted)."""
+    token = signature.matching_token(provided, account.accepted_tokens, *signed)
+    if token is None:
+        name = "msg_signature" if reason == "bad_msg_signature" else "signature"
+        _check(SignatureMismatch(f"{name} mismatch", reason=reason), strict, tolerated)
+        return None
+    return account.accepted_tokens.index(token)
 
 
 def open_callback(
@@ -94,9 +113,8 @@ def open_callback(
     ):
         return _open_encrypted(query, outer, account, strict, timestamp, nonce, tolerated)
     sig = required_params(query, "signature")[0]
-    if signature.matching_token(sig, account.accepted_tokens, timestamp, nonce) is None:
-        _check(SignatureMismatch("signature mismatch", reason="bad_signature"), strict, tolerated)
-    return OpenedCallback(MODE_PLAIN, outer, timestamp, nonce, tolerated)
+    index = _verify_signature(sig, account, strict, tolerated, "bad_signature", timestamp, nonce)
+    return OpenedCallback(MODE_PLAIN, outer, timestamp, nonce, tolerated, token_index=index)
 
 
 def _open_encrypted(
@@ -112,19 +130,13 @@ def _open_encrypted(
     if not encrypted:
         raise BadRequest("encrypt_type=aes but the body has no <Encrypt>")
     msg_sig = required_params(query, "msg_signature")[0]
-    if (
-        signature.matching_token(msg_sig, account.accepted_tokens, timestamp, nonce, encrypted)
-        is None
-    ):
-        _check(
-            SignatureMismatch("msg_signature mismatch", reason="bad_msg_signature"),
-            strict,
-            tolerated,
-        )
+    token_index = _verify_signature(
+        msg_sig, account, strict, tolerated, "bad_msg_signature", timestamp, nonce, encrypted
+    )
     if not account.encryption_enabled:
         raise EncryptionNotConfigured("AES-mode callback but WECHAT_ENCODING_AES_KEY is not set")
     try:
-        inner = crypto.decrypt_with_keys(account.aes_keys, account.appid, encrypted)
+        key_index, inner = crypto.decrypt_with_keys(account.aes_keys, account.appid, encrypted)
     except crypto.CryptoError as exc:
         error_class = AppIdMismatch if exc.reason == "appid" else DecryptError
         raise error_class(f"decryption failed: {exc}", reason=exc.reason) from None
@@ -135,7 +147,9 @@ def _open_encrypted(
             f"decrypted message is not valid XML: {exc.message}", reason="xml"
         ) from None
     mode = MODE_COMPAT if "MsgType" in outer else MODE_SAFE
-    return OpenedCallback(mode, fields, timestamp, nonce, tolerated)
+    return OpenedCallback(
+        mode, fields, timestamp, nonce, tolerated, token_index=token_index, key_index=key_index
+    )
 
 
 def _timestamp_failure(timestamp: str, now_s: float, max_skew_s: int) -> GatewayError | None:

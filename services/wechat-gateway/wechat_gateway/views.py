@@ -63,7 +63,9 @@ def callback() -> Response:
         now_s=g.started,
     )
     services.note_tolerated(opened.tolerated)
-    g.log_fields["mode"] = opened.mode
+    g.log_fields.update(mode=opened.mode, token_index=opened.token_index)
+    if opened.key_index is not None:
+        g.log_fields["key_index"] = opened.key_index
     message = messages.normalize(opened.fields)
     g.log_fields.update(msg_type=message["type"], user=user_hash(message["openid"]))
     outcome = services.delivery.answer(message, g.started, g.request_id)

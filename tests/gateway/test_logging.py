@@ -1,0 +1,52 @@
+"""The gateway's logs: one structured line per request, and no secret or content in them."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.wechat import DEV_AES_KEY, DEV_TOKEN, sign, text_message
+from wechat_gateway.logs import user_hash
+
+SECRET_CONTENT = "我的银行卡密码是 314159"
+OPENID = "oSecretUser42"
+
+
+def log_lines(captured: str) -> list[dict]:
+    return [json.loads(line) for line in captured.splitlines() if line.startswith("{")]
+
+
+def test_request_lines_are_structured_and_hold_no_secrets(make_gateway, capsys):
+    gateway = make_gateway(debug_endpoints=True, appsecret="AppSecretValue123")
+    gateway.post(text_message(SECRET_CONTENT, openid=OPENID), mode="safe")
+    gateway.post(text_message(SECRET_CONTENT, openid=OPENID), mode="plain")
+    params, body = gateway.wechat.build_request(text_message(SECRET_CONTENT), mode="safe")
+    params["msg_signature"] = sign("not-the-token", params["timestamp"], params["nonce"])
+    gateway.client.post("/wechat", query_string=params, data=body)
+    gateway.client.get("/_debug_signature?timestamp=1&nonce=2")
+    captured = capsys.readouterr().err
+    for secret in (DEV_TOKEN, DEV_AES_KEY, "AppSecretValue123", SECRET_CONTENT, OPENID):
+        assert secret not in captured
+    requests_logged = [line for line in log_lines(captured) if line.get("event") == "request"]
+    safe, plain, forged = (line for line in requests_logged if line["route"] == "/wechat")
+    assert safe["mode"] == "safe" and plain["mode"] == "plain"
+    for line in (safe, plain):
+        assert line["msg_type"] == "text" and line["outcome"] == "ok"
+        assert line["user"] == user_hash(OPENID) and line["token_index"] == 0
+        assert isinstance(line["latency_ms"], float) and line["method"] == "POST"
+    assert safe["key_index"] == 0
+    assert forged["outcome"] == "bad_signature" and forged["status"] == 403
+    events = [line.get("event") for line in log_lines(captured)]
+    assert "startup" in events and "signature_fail" in events
+
+
+def test_an_unexpected_error_is_logged_with_its_stack_and_answered_success(capsys, gateway):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    gateway.app.extensions["celestial_nexus"].delivery.answer = explode
+    response = gateway.post(text_message("hi"))
+    assert response.status_code == 200 and response.data == b"success"
+    errors = [
+        line for line in log_lines(capsys.readouterr().err) if line.get("event") == "exception"
+    ]
+    assert errors and "RuntimeError: boom" in errors[0]["exc"]
