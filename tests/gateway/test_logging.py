@@ -39,7 +39,9 @@ def test_request_lines_are_structured_and_hold_no_secrets(make_gateway, capsys):
     assert "startup" in events and "signature_fail" in events
 
 
-def test_an_unexpected_error_is_logged_with_its_stack_and_answered_success(capsys, gateway):
+def test_an_unexpected_error_is_logged_with_its_stack_and_answered_success(make_gateway, capsys):
+    gateway = make_gateway()  # built here so its log handler writes to the captured stderr
+
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
