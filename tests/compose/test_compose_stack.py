@@ -268,3 +268,51 @@ def test_gateway_scales_to_two_replicas_and_both_serve(stack: Stack) -> None:
     wait_until(lambda: len(sent) >= 60 or both_served(), 60, "both gateway replicas to serve")
     served = {c: len(stack.request_lines(c)) - before[c] for c in replicas}
     assert all(n > 0 for n in served.values()), f"after {len(sent)} callbacks: {served}"
+
+
+def test_production_overlay_refuses_dev_secrets_and_runs_read_only(stack: Stack) -> None:
+    prod = ComposeProject(
+        stack.project.engine,
+        stack.project.name,
+        stack.project.env,
+        files=("compose.yaml", "compose.prod.yaml"),
+    )
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    )
+    # The one-shot check with the published development token: refused, value never printed.
+    refused = prod(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-e",
+        f"WECHAT_TOKEN={example['WECHAT_TOKEN']}",
+        "refuse-dev-secrets",
+        check=False,
+        timeout_s=120,
+    )
+    output = (refused.stdout + refused.stderr).decode(errors="replace")
+    assert refused.returncode != 0, output
+    assert "WECHAT_TOKEN still has its development value" in output
+    assert example["WECHAT_TOKEN"] not in output
+    prod("run", "--rm", "--no-deps", "refuse-dev-secrets", timeout_s=120)
+
+    # The application services recreated with production's settings: read-only roots, tmpfs,
+    # DEPLOY_ENV=production, limits. They must come up healthy and answer through nginx.
+    services = ("redis", "ai-api", "wechat-gateway")
+    prod("up", "-d", "--wait", "--wait-timeout", "120", "--no-deps", *services, timeout_s=180)
+    for service in services:
+        [container] = stack.containers(service)
+        inspect = json.loads(stack.project.engine.docker("inspect", container).stdout)[0]
+        assert inspect["HostConfig"]["ReadonlyRootfs"] is True, service
+    # nginx may hold the replaced container's address for its 5 s resolver cache.
+    attempts = []
+
+    def answered() -> bool:
+        attempts.append(stack.simulator().post(text_message("prod?", openid="oProdUser")))
+        return attempts[-1].verdict == "reply"
+
+    wait_until(lambda: len(attempts) >= 20 or answered(), 40, "the production gateway")
+    assert attempts[-1].verdict == "reply", (attempts[-1].status, attempts[-1].body[:300])
