@@ -8,10 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from celestial_nexus.api import create_app
-from celestial_nexus.config import DEFAULT_KB_DIR, Settings
 from fastapi.testclient import TestClient
 
+from celestial_nexus.api import create_app
+from celestial_nexus.config import DEFAULT_KB_DIR, Settings
 from tests.ai_api.fake_llm import FakeLLM
 
 MakeClient = Callable[..., TestClient]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from celestial_nexus.chat_text import utf8_len
 from celestial_nexus.config import Settings
-
 from tests.ai_api.conftest import event_message, message, metric, reply_text, text_message
 
 METRIC_NAMES = (

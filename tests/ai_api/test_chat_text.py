@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from celestial_nexus.chat_text import markdown_to_plain, split_text, utf8_len
 
 CHINESE = (

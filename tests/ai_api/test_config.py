@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from celestial_nexus.api import create_app
 from celestial_nexus.config import DEFAULT_KB_DIR, SERVICE_DIR, ConfigError, Settings
 

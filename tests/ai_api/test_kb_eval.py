@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from celestial_nexus.config import Settings
 from celestial_nexus.kb import KnowledgeBase
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 
 import pytest
+
 from celestial_nexus.answerer import Answerer
 from celestial_nexus.config import Settings
 from celestial_nexus.kb import LiveKnowledgeBase
@@ -19,7 +20,6 @@ from celestial_nexus.llm import LLMClient, LLMConfig, LLMError
 from celestial_nexus.replies import load_replies
 from celestial_nexus.schemas import NormalizedMessage
 from celestial_nexus.store import LocalStore
-
 from tests.ai_api.conftest import metric, reply_text, text_message
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from celestial_nexus.config import DEFAULT_REPLIES_FILE, ConfigError
 from celestial_nexus.replies import load_replies
 from celestial_nexus.schemas import NewsReply, TextReply

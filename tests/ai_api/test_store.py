@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from celestial_nexus.store import LocalStore, RedisStore, ResilientStore
-
 from tests.support.processes import free_port
 
 

@@ -9,8 +9,8 @@ import subprocess
 import urllib.request
 
 import pytest
-from celestial_nexus.config import DEFAULT_KB_DIR
 
+from celestial_nexus.config import DEFAULT_KB_DIR
 from tests.ai_api.conftest import text_message
 from tests.ai_api.fake_llm import FakeLLM
 from tests.support.processes import AI_API_DIR, VENV_BIN, start_ai_api, wait_until

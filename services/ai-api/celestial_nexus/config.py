@@ -70,7 +70,7 @@ class Settings:
     """Everything the AI API can be told. Field names are the environment variables, lower-cased."""
 
     log_level: str = "INFO"
-    log_format: str = "text"  # text | json
+    log_format: str = "json"  # json | text
 
     kb_dir: Path = DEFAULT_KB_DIR
     kb_min_score: float = 0.25  # 0..1 share of the question's weight the best passage must match
@@ -165,8 +165,8 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             name = ENV_NAMES.get(f.name, f.name.upper())
-            if name not in environ:
-                continue
+            if not environ.get(name, "").strip():
+                continue  # unset or empty (a blank line in .env): the default
             type_name = f.type if isinstance(f.type, str) else f.type.__name__
             values[f.name] = _PARSERS[type_name](name, environ[name])
         return cls(**values)

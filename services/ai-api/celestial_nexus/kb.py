@@ -38,6 +38,9 @@ SYNONYMS_FILE = "_synonyms.txt"  # in KB_DIR; the leading _ keeps it out of the 
 TITLE_WEIGHT = 2  # a title's words count this many times in the passage
 WORD_SHARE = 0.9  # confidence = this share of word coverage + the rest of character coverage
 RERANK_DEPTH = 10  # BM25 candidates re-ranked by confidence
+COMMON_SHARE = 0.05  # a term in more than this share of the passages is "common" ...
+COMMON_MIN_DF = 500  # ... and in more than this many (small knowledge bases: exact scoring)
+COMMON_CANDIDATES = 200  # the candidates that common terms still score
 K1 = 1.2
 B = 0.75
 
@@ -273,14 +276,7 @@ class KnowledgeBase:
         terms = list(dict.fromkeys(features(query, self.synonyms)))
         if not terms or not self.passages:
             return []
-        scores: dict[int, float] = {}
-        for term in terms:
-            posting = self._postings.get(term)
-            if posting is None:
-                continue
-            get = scores.get
-            for doc_id, weight in zip(*posting, strict=True):
-                scores[doc_id] = get(doc_id, 0.0) + weight
+        scores = self._accumulate(terms)
         if not scores:
             return []
         candidates = heapq.nlargest(max(k, RERANK_DEPTH), scores.items(), key=lambda i: i[1])
@@ -299,6 +295,35 @@ class KnowledgeBase:
         # the one that covers the whole question.
         hits.sort(key=lambda h: h.score * h.confidence, reverse=True)
         return hits[:k]
+
+    def _accumulate(self, terms: list[str]) -> dict[int, float]:
+        """BM25 scores of the passages that contain any of `terms`.
+
+        Long postings (terms in more than COMMON_SHARE of a large knowledge base, such as
+        frequent characters) cost the most and discriminate the least: they only add to the
+        best candidates found by the rarer terms, looked up by bisection. Small knowledge
+        bases are scored exactly.
+        """
+        common_df = max(COMMON_MIN_DF, int(COMMON_SHARE * len(self.passages)))
+        postings = [self._postings[t] for t in terms if t in self._postings]
+        rare = [p for p in postings if len(p[0]) <= common_df]
+        common = [p for p in postings if len(p[0]) > common_df]
+        if not rare:
+            rare, common = common, []
+        scores: dict[int, float] = {}
+        get = scores.get
+        for ids, weights in rare:
+            for doc_id, weight in zip(ids, weights, strict=True):
+                scores[doc_id] = get(doc_id, 0.0) + weight
+        if common:
+            best = heapq.nlargest(COMMON_CANDIDATES, scores.items(), key=lambda i: i[1])
+            scores = dict(best)
+            for ids, weights in common:
+                for doc_id in scores:
+                    i = bisect_left(ids, doc_id)
+                    if i < len(ids) and ids[i] == doc_id:
+                        scores[doc_id] += weights[i]
+        return scores
 
     def _coverage(self, terms: list[str], doc_id: int) -> float:
         """The share of the terms' IDF weight found in the passage; unknown terms weigh most."""
