@@ -379,28 +379,25 @@ class LiveKnowledgeBase:
         with self._lock:
             try:
                 signature = _signature(self.kb_dir)
-            except OSError as exc:
-                signature = None
-                error: Exception | None = exc
-            else:
-                if signature == self._signature:
-                    return False
-                try:
-                    kb = KnowledgeBase.from_dir(self.kb_dir)
-                    error = None
-                except (OSError, UnicodeDecodeError) as exc:
-                    error = exc
-            if error is not None:
-                failure = signature if signature is not None else str(error)
-                if failure == self._failed:
-                    return False  # counted and logged once per change, not once per check
-                self._failed = failure
-                log.warning("knowledge base reload failed, keeping the previous one: %s", error)
-                self._on_reload("error", len(self.current))
+            except OSError as exc:  # the folder itself is gone or unreadable
+                return self._reload_failed(exc, str(exc))
+            if signature in (self._signature, self._failed):
                 return False
+            try:
+                kb = KnowledgeBase.from_dir(self.kb_dir)
+            except (OSError, UnicodeDecodeError) as exc:
+                return self._reload_failed(exc, signature)
             self._signature = signature
             self.current = kb
             self.loaded_at = time.time()
             log.info("knowledge base reloaded: %d passages from %s", len(kb), self.kb_dir)
             self._on_reload("ok", len(kb))
             return True
+
+    def _reload_failed(self, exc: Exception, failure: object) -> bool:
+        """Log and count a failed reload once per distinct failure, not once per check."""
+        if failure != self._failed:
+            self._failed = failure
+            log.warning("knowledge base reload failed, keeping the previous one: %s", exc)
+            self._on_reload("error", len(self.current))
+        return False

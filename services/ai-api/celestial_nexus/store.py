@@ -104,7 +104,7 @@ class RedisStore:
         return cls(client)
 
     async def get_list(self, key: str) -> list[str]:
-        return list(await self.client.lrange(key, 0, -1))
+        return [str(v) for v in await self.client.lrange(key, 0, -1)]
 
     async def push_trim(self, key: str, values: list[str], keep: int, ttl_s: int) -> None:
         if not keep:
@@ -125,7 +125,8 @@ class RedisStore:
             await pipe.execute()
 
     async def pop_first(self, key: str) -> str | None:
-        return await self.client.lpop(key)
+        value = await self.client.lpop(key)
+        return None if value is None else str(value)
 
     async def delete(self, *keys: str) -> None:
         if keys:
