@@ -207,8 +207,8 @@ def test_invalid_bodies_get_422_with_a_clear_message(make_client, base_settings)
         {},
         {**text_message("hi"), "schema_version": 2},
         {k: v for k, v in text_message("hi").items() if k != "openid"},
-        {**text_message("hi"), "content": None},
-        {**event_message("CLICK", "A"), "event": None},
+        {**text_message("hi"), "content": 42},
+        {**text_message("hi"), "openid": ""},
         {**text_message("hi"), "create_time": "yesterday"},
     ]
     for body in bad:
@@ -222,6 +222,14 @@ def test_invalid_bodies_get_422_with_a_clear_message(make_client, base_settings)
     )
     assert not_json.status_code == 422
     assert metric(client, "ai_requests_total", msg_type="invalid", outcome="invalid") >= 7
+
+
+def test_text_without_content_gets_help_and_event_without_name_nothing(make_client, base_settings):
+    client = make_client(base_settings)
+    no_content = {k: v for k, v in text_message("x").items() if k != "content"}
+    assert "继续" in reply_text(client.post("/v1/reply", json=no_content))
+    no_event = {k: v for k, v in event_message("CLICK").items() if k != "event"}
+    assert client.post("/v1/reply", json=no_event).json() == {"reply": None}
 
 
 def test_unknown_fields_are_ignored(make_client, base_settings):
