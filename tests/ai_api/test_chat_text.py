@@ -47,6 +47,14 @@ def test_split_never_cuts_inside_a_character():
         part.encode("utf-8").decode("utf-8")
 
 
+@pytest.mark.parametrize("unit", ["👍🏽", "👨\u200d👩\u200d👧", "e\u0301", "❤\ufe0f"])
+def test_split_keeps_emoji_sequences_and_combining_marks_whole(unit):
+    text = unit * 1500
+    parts = split_text(text, 2000)
+    assert "".join(parts) == text
+    assert all(p.startswith(unit[0]) and p == unit * (len(p) // len(unit)) for p in parts)
+
+
 def test_split_prefers_paragraphs_then_sentences():
     paragraph = "这是一句话。" * 60  # 1080 bytes
     parts = split_text(f"{paragraph}\n\n{paragraph}\n\n{paragraph}", 2000)

@@ -8,6 +8,7 @@ plain text and split into parts of at most 2000 bytes on paragraph or sentence b
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from .schemas import MAX_TEXT_BYTES
 
@@ -134,4 +135,20 @@ def _best_break(text: str, start: int, end: int) -> int:
                 cut = match.end()
         if cut:
             return start + cut
-    return end
+    # No break in sight: cut between characters, but not inside an emoji sequence or before
+    # a combining mark (👍🏽, 👨‍👩‍👧, é written as e + ◌́ stay whole when they can).
+    cut = end
+    while cut - start > floor and _joins(text[cut - 1], text[cut]):
+        cut -= 1
+    return cut if cut - start > floor else end
+
+
+def _joins(before: str, after: str) -> bool:
+    """True when `after` belongs to the same visible character as `before`."""
+    return (
+        before == "\u200d"
+        or after in "\u200d\ufe0e\ufe0f"
+        or "\U0001f3fb" <= after <= "\U0001f3ff"  # skin tones
+        or unicodedata.combining(after) != 0
+        or ("\U0001f1e6" <= before <= "\U0001f1ff" and "\U0001f1e6" <= after <= "\U0001f1ff")
+    )
