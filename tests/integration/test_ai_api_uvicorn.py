@@ -13,7 +13,15 @@ import pytest
 from celestial_nexus.config import DEFAULT_KB_DIR
 from tests.ai_api.conftest import text_message
 from tests.ai_api.fake_llm import FakeLLM
-from tests.support.processes import AI_API_DIR, VENV_BIN, start_ai_api, wait_until
+from tests.support.processes import (
+    AI_API_DIR,
+    VENV_BIN,
+    free_port,
+    http_ok,
+    start_ai_api,
+    start_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +108,38 @@ def test_bad_configuration_stops_start_up_naming_the_variable(tmp_path):
     )
     assert result.returncode != 0
     assert "Config 'LLM_TIMEOUT' has value 'soon'" in result.stderr
+
+
+def test_two_workers_aggregate_metrics_in_multiprocess_mode(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    port = free_port()
+    proc = start_process(
+        f"ai-api-workers-{port}",
+        [
+            str(VENV_BIN / "uvicorn"),
+            "celestial_nexus.api:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--no-access-log",
+        ],
+        tmp_path,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+        cwd=AI_API_DIR,
+        port=port,
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
+        ready_timeout_s=60,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(6):
+            post(url, text_message("帮助"))
+        metrics = get(url, "/metrics")
+    finally:
+        proc.stop()
+    assert 'ai_requests_total{msg_type="text",outcome="answered"} 6.0' in metrics
+    assert "ai_kb_passages 3" in metrics  # the sample's 33 passages, max over workers
