@@ -226,7 +226,7 @@ def test_retry_replays_the_same_reply_and_calls_the_ai_once(gateway, fake_ai):
 
 def test_health_reports_components(gateway):
     document = gateway.client.get("/health").get_json()
-    assert document["status"] == "ok"
+    assert document["status"] == "ok" and document["redis"] == "disabled"
     assert document["components"]["redis"] == "disabled"
     assert document["components"]["ai_api"] == "ok"
 
@@ -258,12 +258,19 @@ def test_debug_signature_is_404_by_default(gateway):
 def test_debug_signature_helps_without_revealing_the_token(make_gateway):
     gateway = make_gateway(debug_endpoints=True)
     expected = sign("celestial-dev-token", "1", "2")
-    response = gateway.client.get(f"/_debug_signature?timestamp=1&nonce=2&signature={expected}")
+    expected_msg = sign("celestial-dev-token", "1", "2", "CIPHERTEXT")
+    response = gateway.client.get(
+        f"/_debug_signature?timestamp=1&nonce=2&signature={expected}"
+        f"&encrypt=CIPHERTEXT&msg_signature={expected_msg}"
+    )
     document = response.get_json()
     assert response.status_code == 200
     assert document["expected"][0]["signature"] == expected
-    assert document["matches_token_index"] == 0
+    assert document["expected"][0]["msg_signature"] == expected_msg
+    assert document["matches_token_index"] == {"signature": 0, "msg_signature": 0}
     assert "celestial-dev-token" not in response.data.decode()
+    wrong = gateway.client.get("/_debug_signature?timestamp=1&nonce=2&signature=" + "0" * 40)
+    assert wrong.get_json()["matches_token_index"] == {"signature": None}
 
 
 def test_unknown_route_is_404(gateway):

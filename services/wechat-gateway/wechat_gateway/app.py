@@ -70,8 +70,10 @@ class Services:
         ai_state = "ok" if self.ai is not None and self.ai.healthy() else "down"
         components = {"redis": redis_state, "ai_api": ai_state, "dedup_store": self.store.name}
         overall = "ok" if redis_state != "down" and ai_state == "ok" else "degraded"
+        # Flat keys for scripts (`.redis`), the same under `components` for dashboards.
         document = {
             "status": overall,
+            **components,
             "components": components,
             "slow_reply_mode": self.settings.slow_reply_mode,
         }

@@ -87,6 +87,7 @@ def callback() -> Response:
 
 @bp.get("/health")
 def health() -> Response:
+    """200 while the process serves; `status` says ok or degraded, per component too."""
     return jsonify(_services().health())
 
 
@@ -98,36 +99,40 @@ def metrics_endpoint() -> Response:
 
 @bp.get("/_debug_signature")
 def debug_signature() -> Response:
-    """Help an operator whose URL check fails: the signature we expect, never the token."""
+    """Help an operator whose verification fails: the signatures we expect, never the token.
+
+    `signature` covers token, timestamp and nonce (URL check, every callback);
+    `msg_signature` also covers a candidate `Encrypt` (safe mode) or `echostr` (WeCom).
+    Pass the values WeChat sent (`signature`, `msg_signature`) to see which token matches.
+    """
     services = _services()
     if not services.settings.debug_endpoints:
         raise NotFound("debug endpoints are off (WECHAT_DEBUG_ENDPOINTS=0)")
-    timestamp = request.args.get("timestamp", "")
-    nonce = request.args.get("nonce", "")
-    extra = [request.args["encrypt"]] if request.args.get("encrypt") else []
-    account = services.settings.account
-    expected = [
-        {"token_index": index, "signature": compute_signature(token, timestamp, nonce, *extra)}
-        for index, token in enumerate(account.accepted_tokens)
-    ]
-    provided = request.args.get("signature")
+    args = request.args
+    timestamp, nonce = args.get("timestamp", ""), args.get("nonce", "")
+    candidate = args.get("encrypt") or args.get("Encrypt") or args.get("echostr")
+    tokens = []
+    for index, token in enumerate(services.settings.account.accepted_tokens):
+        entry = {"token_index": index, "signature": compute_signature(token, timestamp, nonce)}
+        if candidate:
+            entry["msg_signature"] = compute_signature(token, timestamp, nonce, candidate)
+        tokens.append(entry)
+    matches = {
+        name: next((t["token_index"] for t in tokens if t.get(name) == args[name].lower()), None)
+        for name in ("signature", "msg_signature")
+        if args.get(name)
+    }
+    skew_s = int(time.time()) - int(timestamp) if timestamp.isdigit() else None
     return jsonify(
         {
             "timestamp": timestamp,
             "nonce": nonce,
-            "signed_fields": "token,timestamp,nonce" + (",encrypt" if extra else ""),
-            "expected": expected,
-            "provided": provided,
-            "matches_token_index": next(
-                (
-                    e["token_index"]
-                    for e in expected
-                    if provided and e["signature"] == provided.lower()
-                ),
-                None,
-            ),
-            "echostr": request.args.get("echostr"),
+            "signed_candidate": "encrypt/echostr" if candidate else None,
+            "expected": tokens,
+            "matches_token_index": matches,
             "server_time": int(time.time()),
+            "clock_skew_s": skew_s,
+            "max_clock_skew_s": services.settings.max_clock_skew_s,
         }
     )
 
