@@ -82,6 +82,27 @@ def process_tree_rss_kib(pid: int) -> int:
     return total
 
 
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU time (user + system) used so far by `pid` and its live descendants, seconds.
+
+    CPU per request is steadier than requests per second on a machine shared with other
+    work: it does not count the time a process waited for a core.
+    """
+    ticks = 0
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict[str, Any]:
     """What a reader needs to judge the figures: cores, load when the run started."""
     return {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()}

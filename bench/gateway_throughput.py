@@ -16,7 +16,9 @@ figures taken close together on a machine that other work may share):
   dedup hit answered from the stored reply without the AI. Target: at least 0.7;
 - wechatpy: a minimal handler on wechatpy forwarding to the same responder, for
   comparison with the fresh case (ours should be clearly faster).
-Reported per case: the median over the rounds of req/s, p50, p99 and the ratio to bare.
+Reported per case: the median over the rounds of req/s, p50, p99 and the ratio to bare
+(the targets), and the server's CPU time per request from /proc (steadier than req/s when
+other work shares the cores; "CPU ratio" is bare Flask's CPU per request over the case's).
 The gateway cases run with the in-process store and, when redis-server is installed, again
 with Redis (REDIS_URL). The responder counts its calls, which proves the fresh case called
 the AI once per callback and the duplicate case not at all.
@@ -47,6 +49,7 @@ from bench.common import (
     have,
     http_ok,
     machine,
+    process_tree_cpu_s,
     redis_if_available,
     start_flask_app,
     start_process,
@@ -140,6 +143,7 @@ class Case:
     store: str
     url: str
     kind: str  # constant, fresh, duplicate
+    pid: int  # the Gunicorn master: its process tree's CPU time is the server's cost
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -162,6 +166,7 @@ class Run:
             )
         )
         self.responder_url = f"http://127.0.0.1:{port}"
+        self.responder_pid = self.processes[0].popen.pid
         self.redis = redis_if_available(log_dir)
         if self.redis:
             self._keep(self.redis)
@@ -181,7 +186,9 @@ class Run:
             start_flask_app(self.log_dir, "bench.baseline_apps:bare_app", self.env, WORKERS)
         )
         check_reply(bare.extra["url"], None)
-        self.cases.append(Case("bare Flask (constant)", "-", bare.extra["url"], "constant"))
+        self.cases.append(
+            Case("bare Flask (constant)", "-", bare.extra["url"], "constant", bare.popen.pid)
+        )
         for store in ("local", "redis") if self.redis else ("local",):
             env = dict(self.env)
             if self.redis:
@@ -191,18 +198,21 @@ class Run:
             )
             url = gateway.extra["url"]
             check_reply(url, REPLY_TEXT)
-            self.cases.append(Case("gateway fresh", store, url, "fresh"))
-            self.cases.append(Case("gateway duplicate", store, url, "duplicate"))
+            pid = gateway.popen.pid
+            self.cases.append(Case("gateway fresh", store, url, "fresh", pid))
+            self.cases.append(Case("gateway duplicate", store, url, "duplicate", pid))
         wechatpy = self._keep(
             start_flask_app(self.log_dir, "bench.baseline_apps:wechatpy_app", self.env, WORKERS)
         )
         check_reply(wechatpy.extra["url"], REPLY_TEXT)
-        self.cases.append(Case("wechatpy handler", "-", wechatpy.extra["url"], "fresh"))
+        self.cases.append(
+            Case("wechatpy handler", "-", wechatpy.extra["url"], "fresh", wechatpy.popen.pid)
+        )
 
     def round(self, number: int) -> None:
         """Each case once, the bare baseline first: a ratio compares figures taken minutes
         apart at most, so load from other processes on a shared machine hits both alike."""
-        bare_rps = 0.0
+        bare_rps = bare_cpu = 0.0
         for case in self.cases:
             tag = f"r{number}{len(case.rounds)}{case.kind[0]}{case.store[0]}"
             if case.kind == "constant":
@@ -223,24 +233,36 @@ class Run:
             wrk(case.url, warm, WARMUP_S)
             fallbacks_before = fallback_replies(case)
             calls_before = ai_calls(self.responder_url)
+            cpu_before = process_tree_cpu_s(case.pid), process_tree_cpu_s(self.responder_pid)
             stats = wrk(case.url, measured, ROUND_S)
+            cpu_after = process_tree_cpu_s(case.pid), process_tree_cpu_s(self.responder_pid)
             stats["ai_calls"] = ai_calls(self.responder_url) - calls_before
+            requests = max(stats["requests"], 1)
+            stats["server_cpu_ms_per_request"] = 1000 * (cpu_after[0] - cpu_before[0]) / requests
+            stats["responder_cpu_ms_per_request"] = 1000 * (cpu_after[1] - cpu_before[1]) / requests
             stats["ai_calls_per_request"] = stats["ai_calls"] / max(stats["requests"], 1)
             stats["fallback_replies"] = fallback_replies(case) - fallbacks_before
             if case.kind == "constant":
-                bare_rps = stats["rps"]
+                bare_rps, bare_cpu = stats["rps"], stats["server_cpu_ms_per_request"]
             stats["ratio_to_bare"] = stats["rps"] / bare_rps
+            stats["cpu_ratio_to_bare"] = bare_cpu / stats["server_cpu_ms_per_request"]
             case.rounds.append(stats)
-            sys.stdout.write(
-                f"  round {number}  {case.name:<22} {case.store:<6}{stats['rps']:7.0f} req/s"
-                f"  p50 {stats['p50_us'] / 1000:6.1f} ms  p99 {stats['p99_us'] / 1000:6.1f} ms"
-                f"  ratio {stats['ratio_to_bare']:.2f}  AI calls/req "
-                f"{stats['ai_calls_per_request']:.2f}"
-                + (f"  errors {stats['errors']}" if stats["errors"] else "")
-                + (f"  WRAPPED {stats['wraps']}" if case.kind == "fresh" and stats["wraps"] else "")
-                + "\n"
-            )
+            sys.stdout.write(f"  round {number}  " + round_line(case, stats) + "\n")
             sys.stdout.flush()
+
+
+def round_line(case: Case, r: dict[str, Any]) -> str:
+    line = (
+        f"{case.name:<22} {case.store:<6}{r['rps']:7.0f} req/s"
+        f"  p50 {r['p50_us'] / 1000:6.1f} ms  p99 {r['p99_us'] / 1000:6.1f} ms"
+        f"  ratio {r['ratio_to_bare']:.2f}  CPU {r['server_cpu_ms_per_request']:.2f} ms/req"
+        f"  AI calls/req {r['ai_calls_per_request']:.2f}"
+    )
+    if r["errors"]:
+        line += f"  errors {r['errors']}"
+    if case.kind == "fresh" and r["wraps"]:
+        line += f"  WRAPPED {r['wraps']}"
+    return line
 
 
 def check_reply(url: str, expect: str | None) -> None:
@@ -279,6 +301,13 @@ def aggregate(case: Case) -> dict[str, Any]:
         "p50_ms": statistics.median(r["p50_us"] for r in rounds) / 1000,
         "p99_ms": statistics.median(r["p99_us"] for r in rounds) / 1000,
         "ratio_to_bare": statistics.median(r["ratio_to_bare"] for r in rounds),
+        "server_cpu_ms_per_request": statistics.median(
+            r["server_cpu_ms_per_request"] for r in rounds
+        ),
+        "responder_cpu_ms_per_request": statistics.median(
+            r["responder_cpu_ms_per_request"] for r in rounds
+        ),
+        "cpu_ratio_to_bare": statistics.median(r["cpu_ratio_to_bare"] for r in rounds),
         "ai_calls_per_request": sum(r["ai_calls"] for r in rounds)
         / max(sum(r["requests"] for r in rounds), 1),
         "valid": valid,
@@ -291,12 +320,14 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = sys.stdout
     out.write(
         f"\n  {'median of ' + str(ROUNDS) + ' rounds':<24}{'store':<7}{'req/s':>7}"
-        f"{'p50 ms':>9}{'p99 ms':>9}{'ratio':>7}{'AI calls/req':>14}\n"
+        f"{'p50 ms':>9}{'p99 ms':>9}{'ratio':>7}{'CPU ms/req':>12}{'CPU ratio':>11}"
+        f"{'AI calls/req':>14}\n"
     )
     for r in results:
         out.write(
             f"  {r['case']:<24}{r['store']:<7}{r['rps']:7.0f}{r['p50_ms']:9.1f}"
-            f"{r['p99_ms']:9.1f}{r['ratio_to_bare']:7.2f}{r['ai_calls_per_request']:14.2f}"
+            f"{r['p99_ms']:9.1f}{r['ratio_to_bare']:7.2f}{r['server_cpu_ms_per_request']:12.2f}"
+            f"{r['cpu_ratio_to_bare']:11.2f}{r['ai_calls_per_request']:14.2f}"
             + ("" if r["valid"] else "  INVALID (errors, fallbacks or wraps)")
             + "\n"
         )
