@@ -35,9 +35,10 @@ check-endpoint: venv ## check a deployed callback the way WeChat does: make chec
 	@set -a; [ -f .env ] && . ./.env; set +a; \
 	  cd services/wechat-gateway && ../../$(BIN)/python -m wechat_gateway.checker "$(URL)" $(ARGS)
 
-lint: venv ## ruff (print banned) and the format check
+lint: venv ## ruff (print banned), the format check, mypy on the gateway
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --ignore-missing-imports services/wechat-gateway/wechat_gateway
 
 format: venv ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
@@ -86,7 +87,7 @@ prod-env:
 # nginx needs some certificate to start: until certbot has delivered one, the certs volume
 # holds the self-signed pair.
 prod-seed-certs: prod-env certs
-	$(PROD_COMPOSE) run --rm --no-deps -v $(CURDIR)/$(CERTS_DIR):/seed:ro --entrypoint /bin/sh certbot \
+	$(PROD_COMPOSE) run --rm --no-deps -v $(abspath $(CERTS_DIR)):/seed:ro --entrypoint /bin/sh certbot \
 	  -c 'test -s /certs/fullchain.pem || cp /seed/fullchain.pem /seed/privkey.pem /certs/'
 
 prod-up: prod-seed-certs ## production: compose.yaml + compose.prod.yaml, secrets from PROD_ENV_FILE

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis
 
@@ -46,7 +46,8 @@ class Job:
 
 
 class JobStore(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job: ...
     def get(self, key: str) -> Job | None: ...
@@ -238,7 +239,7 @@ class RedisStore:
         return self._view(key, raw, bool(claimed))
 
     def get(self, key: str) -> Job | None:
-        raw = self.client.hgetall(self._job_key(key))
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self._job_key(key)))
         return self._view(key, raw, False) if raw else None
 
     def renew(self, key: str, owner: str, lease_until: float) -> bool:
@@ -270,7 +271,7 @@ class RedisStore:
         pipe.execute()
 
     def pop_parked(self, user: str) -> dict[str, Any] | None:
-        raw = self.client.lpop(self._parked_key(user))
+        raw = cast(bytes | None, self.client.lpop(self._parked_key(user)))
         return json.loads(raw) if raw else None
 
     def clear_parked(self, user: str) -> None:
