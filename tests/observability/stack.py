@@ -204,6 +204,9 @@ def start_prometheus(log_dir: Path, config: dict[str, Any], name: str = "prometh
         f"--storage.tsdb.path={data}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
+        # An alert that fires before the notifier has found Alertmanager is resent after
+        # this delay (1 m by default): short, so tests wait on the event, not a minute.
+        "--rules.alert.resend-delay=1s",
     ]
     proc = start_process(
         name, argv, log_dir, port=port, ready=lambda: http_ok(f"http://127.0.0.1:{port}/-/ready")
