@@ -10,11 +10,13 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tests.support.loopback_server import LoopbackServer
 
-class FakeAI:
+
+class FakeAI(LoopbackServer):
     """Configurable behaviour: `latency_s`, `status`, `raw_body`, or a `reply_for` function."""
 
     def __init__(self) -> None:
@@ -31,23 +33,8 @@ class FakeAI:
         self.received: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> FakeAI:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler_class())
 
     def calls_for(self, dedup_key: str) -> int:
         with self._lock:
@@ -59,7 +46,7 @@ class FakeAI:
             self.received.append(message)
             self.headers.append(headers)
 
-    def _handler_class(self):
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):

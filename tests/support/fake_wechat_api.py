@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from tests.support.loopback_server import LoopbackServer
 
-class FakeWeChatApi:
+
+class FakeWeChatApi(LoopbackServer):
     def __init__(self, appid: str, secret: str, expires_in: int = 7200) -> None:
         self.appid = appid
         self.secret = secret
@@ -24,23 +26,8 @@ class FakeWeChatApi:
         self.send_errors: list[int] = []  # errcodes to answer the next sends with
         self.sent_event = threading.Condition()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> FakeWeChatApi:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler_class())
 
     def revoke_all_tokens(self) -> None:
         with self._lock:
@@ -80,7 +67,7 @@ class FakeWeChatApi:
             self.sent_event.notify_all()
         return {"errcode": 0, "errmsg": "ok"}
 
-    def _handler_class(self):
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
