@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from alert_relay.config import ConfigError, Settings
 
 URL = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=secret-robot-key"

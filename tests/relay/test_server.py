@@ -11,8 +11,7 @@ from contextlib import contextmanager
 
 from alert_relay.config import Settings
 from alert_relay.server import create_server
-
-from tests.alert_relay.test_render import PAYLOAD
+from tests.relay.test_render import PAYLOAD
 from tests.support.wecom import fake_wecom_robot
 
 
