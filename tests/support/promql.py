@@ -138,9 +138,10 @@ def series_names(family_name: str, family_type: str) -> set[str]:
 
 def declared_service_metrics() -> dict[str, str]:
     """Series name -> service, from the services' metrics modules (their source of truth)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
     import celestial_nexus.metrics as ai_metrics
     import wechat_gateway.metrics as gateway_metrics
-    from prometheus_client.metrics import MetricWrapperBase
 
     declared: dict[str, str] = {}
     for service, module in (("wechat-gateway", gateway_metrics), ("ai-api", ai_metrics)):
