@@ -7,7 +7,7 @@ LOCKS := services/wechat-gateway/requirements-lock.txt services/ai-api/requireme
 COMPOSE ?= docker compose
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run stack test test-compose lint format bench lock \
+.PHONY: help venv run stack test test-compose lint rules format bench lock \
         up down logs ps prod-up certs certbot clean prod-env prod-seed-certs check-endpoint
 
 help: ## list the targets
@@ -34,6 +34,11 @@ check-endpoint: venv ## check a deployed callback the way WeChat does: make chec
 	@test -n "$(URL)" || { echo "usage: make check-endpoint URL=https://your-domain/wechat [ARGS=--insecure]"; exit 2; }
 	@set -a; [ -f .env ] && . ./.env; set +a; \
 	  cd services/wechat-gateway && ../../$(BIN)/python -m wechat_gateway.checker "$(URL)" $(ARGS)
+
+rules: ## promtool/amtool: check the Prometheus and Alertmanager configs, run the alert rule tests
+	promtool check config infra/prometheus/prometheus.yml
+	promtool test rules infra/prometheus/tests/alerts.test.yml
+	amtool check-config infra/alertmanager/alertmanager.yml
 
 lint: venv ## ruff (print banned), the format check, mypy on the gateway
 	$(BIN)/ruff check .
