@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +36,7 @@ from tests.compose.engine import (
 )
 from tests.support.processes import (
     REPO_ROOT,
+    VENV_BIN,
     free_port,
     in_ci,
     make_self_signed_cert,
@@ -233,6 +235,25 @@ def test_http_redirects_and_internal_paths_are_refused(stack: Stack) -> None:
     )
     assert response.status_code == 301
     assert response.headers["Location"].startswith("https://")
+    # HTTP-01: a challenge file certbot would write into the shared webroot volume is served
+    # on port 80, not redirected.
+    stack.project.engine.docker(
+        "run",
+        "--rm",
+        "-v",
+        f"{stack.project.name}_acme-webroot:/w",
+        "localbase:bookworm",
+        "sh",
+        "-c",
+        "mkdir -p /w/.well-known/acme-challenge && echo tok.thumb "
+        "> /w/.well-known/acme-challenge/tok",
+    )
+    challenge = client.get(
+        f"http://127.0.0.1:{stack.http_port}/.well-known/acme-challenge/tok",
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert challenge.status_code == 200 and challenge.text.strip() == "tok.thumb"
     for path in ("/health", "/metrics", "/_debug_signature"):
         response = client.get(f"https://127.0.0.1:{stack.https_port}{path}", timeout=5)
         assert response.status_code in (403, 404), path
@@ -315,4 +336,65 @@ def test_production_overlay_refuses_dev_secrets_and_runs_read_only(stack: Stack)
         return attempts[-1].verdict == "reply"
 
     wait_until(lambda: len(attempts) >= 20 or answered(), 40, "the production gateway")
+    assert attempts[-1].verdict == "reply", (attempts[-1].status, attempts[-1].body[:300])
+
+
+def test_production_nginx_with_certbot_volume_and_read_only_root(stack: Stack) -> None:
+    """`make prod-seed-certs`, then nginx and certbot with production's settings."""
+    files = ("compose.yaml", "compose.prod.yaml")
+    prod = ComposeProject(stack.project.engine, stack.project.name, stack.project.env, files)
+    config = json.loads(prod.text("config", "--format", "json"))
+    build_standins(stack.project.engine, standin_plan({config["services"]["certbot"]["image"]}))
+    compose = " ".join(
+        [
+            str(VENV_BIN / "docker-compose"),
+            "--project-name",
+            prod.name,
+            "--project-directory",
+            str(REPO_ROOT),
+        ]
+    )
+    make = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(REPO_ROOT),
+            "prod-seed-certs",
+            f"COMPOSE={compose}",
+            f"PROD_ENV_FILE={prod.env['CN_ENV_FILE']}",
+            f"CERTS_DIR={stack.cert.parent}",
+        ],
+        env={**stack.project.engine.env, **prod.env},
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    assert make.returncode == 0, (make.stdout + make.stderr).decode(errors="replace")[-3000:]
+
+    up = prod(
+        "up",
+        "-d",
+        "--wait",
+        "--wait-timeout",
+        "120",
+        "--no-deps",
+        "nginx",
+        "certbot",
+        timeout_s=180,
+        check=False,
+    )
+    if up.returncode != 0:
+        logs = prod("logs", "--no-color", "--tail", "40", "nginx", "certbot", check=False)
+        pytest.fail((up.stderr + logs.stdout + logs.stderr).decode(errors="replace")[-5000:])
+    [nginx] = stack.containers("nginx")
+    inspect = json.loads(stack.project.engine.docker("inspect", nginx).stdout)[0]
+    assert inspect["HostConfig"]["ReadonlyRootfs"] is True
+    # The seeded certificate is the test's own: the callback verifies against it.
+    attempts = []
+
+    def answered() -> bool:
+        attempts.append(stack.simulator().post(text_message("tls?", openid="oProdTls")))
+        return attempts[-1].verdict == "reply"
+
+    wait_until(lambda: len(attempts) >= 20 or answered(), 40, "nginx with the seeded certificate")
     assert attempts[-1].verdict == "reply", (attempts[-1].status, attempts[-1].body[:300])
