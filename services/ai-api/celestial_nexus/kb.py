@@ -308,8 +308,10 @@ class KnowledgeBase:
         postings = [self._postings[t] for t in terms if t in self._postings]
         rare = [p for p in postings if len(p[0]) <= common_df]
         common = [p for p in postings if len(p[0]) > common_df]
-        if not rare:
-            rare, common = common, []
+        if not rare and common:
+            # Only common terms: candidates come from the rarest one.
+            common.sort(key=lambda p: len(p[0]))
+            rare, common = common[:1], common[1:]
         scores: dict[int, float] = {}
         get = scores.get
         for ids, weights in rare:
