@@ -13,13 +13,16 @@ released at once:
 - 50 conversations whose answers take 8 s. Target: every user's answer arrives on a
   retry (attempt 2 or 3), with the AI called once per message.
 Gateway memory is the RSS of the Gunicorn master and its workers, read from /proc: idle,
-and the peak of each phase (sampled every 100 ms).
+and the peak of each phase (sampled every 100 ms). The gateway's log events that explain a
+miss (redis_down, job_takeover, placeholder, ai_error, exception) are counted per phase.
 
 Run: .venv/bin/python -m bench slow   (about half a minute; results in bench/results/)
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -85,6 +88,21 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+WATCHED_EVENTS = ("redis_down", "job_takeover", "placeholder", "ai_error", "exception")
+
+
+def gateway_events(log_text: str) -> dict[str, int]:
+    """Counts of the gateway's log events that explain a missed target (JSON log lines)."""
+    counts: Counter[str] = Counter()
+    for line in log_text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line).get("event")
+                if event in WATCHED_EVENTS:
+                    counts[event] += 1
+    return dict(counts)
 
 
 def run_conversations(url: str, count: int, latency_s: float, tag: str) -> list[dict[str, Any]]:
@@ -162,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         idle_kib = process_tree_rss_kib(gateway.popen.pid)
         sys.stdout.write(f"  gateway RSS idle (master + workers): {idle_kib / 1024:.1f} MiB\n")
         for number, (name, count, latency_s) in enumerate(PHASES):
+            log_offset = len(gateway.log())
             with MemorySampler(gateway.popen.pid) as memory:
                 results = run_conversations(url, count, latency_s, f"p{number}")
             figures = describe(results, fake)
-            figures.update(latency_s=latency_s, peak_rss_kib=memory.peak_kib)
+            events = gateway_events(gateway.log()[log_offset:])
+            figures.update(latency_s=latency_s, peak_rss_kib=memory.peak_kib, events=events)
             phases[name] = figures
             sys.stdout.write(
                 f"  {name:<26} {count:4d} users: answered {figures['answered']}/{count}"
@@ -176,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{figures['max_attempt_s']:.2f} s; peak RSS "
                 f"{memory.peak_kib / 1024:.1f} MiB\n"
             )
+            if events:
+                sys.stdout.write(f"    gateway log events: {events}\n")
             sys.stdout.flush()
     finally:
         gateway.stop()
