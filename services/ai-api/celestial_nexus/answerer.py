@@ -164,19 +164,15 @@ class Answerer:
         self, openid: str, question: str, hits: list[Hit], deadline_at: float
     ) -> str | None:
         assert self.llm is not None
-        budget_s = deadline_at - self.clock() - self.settings.deadline_margin_ms / 1000
-        if budget_s < MIN_LLM_BUDGET_S:
+        if self._budget_s(deadline_at) < MIN_LLM_BUDGET_S:
             metrics.LLM_FALLBACKS.labels("deadline").inc()
             return None
         # Passages well below the threshold are noise to the LLM as much as to the user.
         context = [h for h in hits if h.confidence >= self.settings.kb_min_score / 2]
         history = await self.memory.history(openid)
         messages = build_messages(self.settings.llm_system_prompt, context, history, question)
-        timeout_s = min(
-            self.settings.llm_timeout_s,
-            deadline_at - self.clock() - self.settings.deadline_margin_ms / 1000,
-        )
-        if timeout_s < MIN_LLM_BUDGET_S:
+        timeout_s = min(self.settings.llm_timeout_s, self._budget_s(deadline_at))
+        if timeout_s < MIN_LLM_BUDGET_S:  # the memory lookup took what was left
             metrics.LLM_FALLBACKS.labels("deadline").inc()
             return None
         try:
@@ -187,6 +183,10 @@ class Answerer:
             metrics.LLM_FALLBACKS.labels(exc.reason).inc()
             return None
         return markdown_to_plain(text)
+
+    def _budget_s(self, deadline_at: float) -> float:
+        """Seconds left for the LLM: to the deadline, less the margin to send the reply."""
+        return deadline_at - self.clock() - self.settings.deadline_margin_ms / 1000
 
     async def _deliver(self, openid: str, text: str) -> str:
         """The first part of `text`; the rest parked for `继续` (replacing older parts)."""
