@@ -88,3 +88,33 @@ def test_fallback_answers_are_not_parked(make_gateway, fake_ai):
     wait_until(lambda: store.get(key).answer is not None, 5, "the job to end")
     assert store.get(key).answer["source"] == "fallback"
     assert store.pop_parked("gh_0123456789ab:oFallback") is None
+
+
+def test_custom_mode_long_fast_answer_first_bubble_passive_rest_pushed(make_gateway, fake_ai):
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom")
+    long_text = "客服消息分多条。" * 400  # 9600 bytes
+    fake_ai.reply_for = lambda m: {"type": "text", "content": long_text}
+    passive = gateway.reply_of(gateway.post(text_message("长", openid="oLongFast")))
+    assert fake_ai.headers[-1]["X-Reply-Parts"] == "all"
+    assert sender.called.wait(5)
+    ((openid, rest),) = sender.sent
+    assert openid == "oLongFast"
+    assert len(passive["Content"].encode()) <= 2000
+    assert passive["Content"] + rest["content"] == long_text
+
+
+def test_custom_mode_long_late_answer_pushed_whole(make_gateway, fake_ai):
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
+    long_text = "迟到的长回答。" * 400
+    fake_ai.reply_for = lambda m: {"type": "text", "content": long_text}
+    fake_ai.latency_s = 0.8
+    assert gateway.post(text_message("长", openid="oLongLate")).data == b"success"
+    assert sender.called.wait(5)
+    assert sender.sent == [("oLongLate", {"type": "text", "content": long_text})]
+
+
+def test_retry_mode_asks_for_parts(gateway, fake_ai):
+    gateway.post(text_message("hi"))
+    assert "X-Reply-Parts" not in fake_ai.headers[-1]

@@ -76,13 +76,17 @@ class Answerer:
         longest_hint = utf8_len(texts.continue_hint.format(remaining=999))
         self.part_bytes = MAX_TEXT_BYTES - longest_hint - 2  # 2: the blank line before the hint
 
-    async def answer(self, msg: NormalizedMessage, deadline_at: float) -> Answer:
+    async def answer(
+        self, msg: NormalizedMessage, deadline_at: float, whole: bool = False
+    ) -> Answer:
+        """The reply to `msg`. `whole` returns a long answer entire instead of in parts
+        (the gateway's customer-service push splits it into several messages itself)."""
         kind = msg.type
         if kind == "text":
-            return await self._text(msg.openid, msg.content or "", deadline_at)
+            return await self._text(msg.openid, msg.content or "", deadline_at, whole)
         if kind == "voice":
             if msg.recognition and msg.recognition.strip():
-                return await self._text(msg.openid, msg.recognition, deadline_at)
+                return await self._text(msg.openid, msg.recognition, deadline_at, whole)
             return self._static(self.texts.voice_unrecognized)
         if kind == "event":
             return await self._event(msg)
@@ -121,7 +125,7 @@ class Answerer:
         # LOCATION, VIEW and every other event: nothing to say, and no LLM call.
         return Answer(reply, "event", "answered" if reply else "no_reply")
 
-    async def _text(self, openid: str, text: str, deadline_at: float) -> Answer:
+    async def _text(self, openid: str, text: str, deadline_at: float, whole: bool) -> Answer:
         text = text.strip()
         command = command_of(text) if text else "help"
         if command == "help":
@@ -139,9 +143,11 @@ class Answerer:
             return Answer(
                 TextReply(content=self._with_hint(part, remaining)), "command", "answered"
             )
-        return await self._question(openid, text, deadline_at)
+        return await self._question(openid, text, deadline_at, whole)
 
-    async def _question(self, openid: str, question: str, deadline_at: float) -> Answer:
+    async def _question(
+        self, openid: str, question: str, deadline_at: float, whole: bool
+    ) -> Answer:
         kb = self.kb.current
         k = max(1, self.settings.llm_context_passages) if self.llm else 1
         hits = kb.search(question, k=k)
@@ -156,7 +162,7 @@ class Answerer:
             answer_text = self.texts.no_answer if best is None else best.passage.chat_text()
         if self.llm is not None:
             await self.memory.remember(openid, question, answer_text)
-        first = await self._deliver(openid, answer_text)
+        first = answer_text if whole else await self._deliver(openid, answer_text)
         outcome = "no_answer" if answerer == "kb" and best is None else "answered"
         return Answer(TextReply(content=first), answerer, outcome)
 

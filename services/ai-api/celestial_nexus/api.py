@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         x_reply_deadline_ms: Annotated[str | None, Header()] = None,
         x_request_id: Annotated[str | None, Header()] = None,
+        x_reply_parts: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         """The reply to one normalized WeChat message (docs/message-schema.md)."""
         started = time.monotonic()
@@ -145,7 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         answerer: Answerer = request.app.state.answerer
         log.debug("message from %s: %r", message.openid, message.content or message.event)
         try:
-            answer = await answerer.answer(message, deadline_at)
+            whole = (x_reply_parts or "").strip().lower() == "all"
+            answer = await answerer.answer(message, deadline_at, whole=whole)
         except Exception:
             metrics.REQUESTS.labels(msg_type, "error").inc()
             log.exception("failed to answer", extra={"request_id": x_request_id})

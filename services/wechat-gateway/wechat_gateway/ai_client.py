@@ -18,6 +18,7 @@ from . import metrics
 log = logging.getLogger(__name__)
 
 DEADLINE_HEADER = "X-Reply-Deadline-Ms"
+PARTS_HEADER = "X-Reply-Parts"
 REPLY_TYPES = {"text", "image", "news"}
 _CONNECT_TIMEOUT_S = 1.0
 _READ_MARGIN_S = 0.5
@@ -43,17 +44,19 @@ class AIClient:
         deadline_s: float,
         request_id: str = "",
         timeout_s: float | None = None,
+        whole: bool = False,
     ) -> dict | None:
         """The AI API's reply document for `message`, or None for "nothing to say".
 
         `deadline_s` is what the AI API is told it has; `timeout_s` (default: the deadline)
         is how long we wait, longer when a late answer can still be parked or pushed.
+        `whole` asks for a long answer entire, not its first part (customer-service push).
         """
         started = time.monotonic()
         deadline_s = max(deadline_s, 0.05)
         timeout_s = max(timeout_s or 0.0, deadline_s)
         try:
-            reply = self._post(message, deadline_s, timeout_s, request_id)
+            reply = self._post(message, deadline_s, timeout_s, request_id, whole)
         except AIError as exc:
             metrics.AI_ERRORS.labels(reason=exc.reason).inc()
             metrics.AI_LATENCY.labels(outcome="error").observe(time.monotonic() - started)
@@ -62,9 +65,16 @@ class AIClient:
         return reply
 
     def _post(
-        self, message: dict[str, Any], deadline_s: float, timeout_s: float, request_id: str
+        self,
+        message: dict[str, Any],
+        deadline_s: float,
+        timeout_s: float,
+        request_id: str,
+        whole: bool,
     ) -> dict | None:
         headers = {DEADLINE_HEADER: str(int(deadline_s * 1000)), "X-Request-Id": request_id}
+        if whole:
+            headers[PARTS_HEADER] = "all"
         try:
             response = self.session.post(
                 self.reply_url,

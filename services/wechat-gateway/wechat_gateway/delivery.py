@@ -31,7 +31,9 @@ from typing import Any, Protocol
 from . import metrics
 from .ai_client import AIClient, AIError
 from .config import Settings
+from .customer_service import PART_BYTES
 from .dedup import ABANDONED, CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore
+from .splitting import split_utf8
 
 log = logging.getLogger(__name__)
 
@@ -245,9 +247,12 @@ class Delivery:
         try:
             answer = self._ask_ai(message, window_s, self._timeout_s(window_s), request_id)
             answer["started_at"] = started
+            rest = self._split_off_rest(answer)
             flags = self.store.finish(key, answer)
             done.set()
             self._hand_over_late_answer(message, answer, flags)
+            if rest and not flags:  # the passive reply carries the first part
+                self._push_rest(message, answer, rest)
         except Exception:
             log.exception("job failed", extra={"event": "job_error"})
         finally:
@@ -266,7 +271,13 @@ class Delivery:
         if self.ai is None:
             return {"reply": self._text(self.settings.fallback_reply), "source": "fallback"}
         try:
-            reply = self.ai.reply(message, window_s, request_id, timeout_s=timeout_s)
+            reply = self.ai.reply(
+                message,
+                window_s,
+                request_id,
+                timeout_s=timeout_s,
+                whole=self.settings.slow_reply_mode == "custom",
+            )
         except AIError as exc:
             log.warning(
                 "AI API failed (%s): %s; answering with WECHAT_FALLBACK_REPLY",
@@ -285,6 +296,26 @@ class Delivery:
             except Exception:
                 log.exception("lease renewal failed", extra={"event": "lease_error"})
 
+    def _split_off_rest(self, answer: dict[str, Any]) -> str:
+        """Custom mode asks for whole answers: keep one bubble in the reply, return the rest."""
+        reply = answer.get("reply") or {}
+        content = reply.get("content") or ""
+        if reply.get("type") != "text" or len(content.encode("utf-8")) <= PART_BYTES:
+            return ""
+        first, *others = split_utf8(content, PART_BYTES)
+        answer["reply"] = {**reply, "content": first}
+        answer["rest"] = "".join(others)
+        return answer["rest"]
+
+    def _push_rest(self, message: dict[str, Any], answer: dict[str, Any], rest: str) -> None:
+        """The rest of a long answer whose first part went out passively."""
+        rest_reply = {"type": "text", "content": rest}
+        unsent = self.sender.deliver(message["openid"], rest_reply) if self.sender else rest_reply
+        if unsent is not None:
+            self.store.park(
+                user_key(message), {**answer, "reply": unsent}, self.settings.parked_ttl_s
+            )
+
     def _hand_over_late_answer(
         self, message: dict[str, Any], answer: dict[str, Any], flags: set[str]
     ) -> None:
@@ -294,11 +325,15 @@ class Delivery:
         """
         if not flags or answer.get("reply") is None or answer.get("source") == "fallback":
             return
+        reply = answer["reply"]
+        if answer.get("rest"):  # nothing went out passively: send the whole answer
+            reply = {**reply, "content": reply["content"] + answer["rest"]}
         if CUSTOM_PENDING in flags and self.sender is not None:
-            unsent = self.sender.deliver(message["openid"], answer["reply"])
+            unsent = self.sender.deliver(message["openid"], reply)
             if unsent is None:
                 self._count_reply("custom", answer)
                 return
-            answer = {**answer, "reply": unsent}
+            reply = unsent
+        answer = {**answer, "reply": reply, "rest": ""}
         self.store.park(user_key(message), answer, self.settings.parked_ttl_s)
         log.info("late answer parked for the user's next message", extra={"event": "parked"})

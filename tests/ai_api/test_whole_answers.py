@@ -1,0 +1,28 @@
+"""`X-Reply-Parts: all`: the whole answer at once, for the gateway's customer-service push."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from celestial_nexus.chat_text import utf8_len
+from tests.ai_api.conftest import reply_text, text_message
+
+
+def test_whole_answer_is_not_split_nor_parked(make_client, base_settings, kb_copy: Path):
+    paragraph = "客服消息可以分多条发送，所以这里要整段回答。" * 12
+    (kb_copy / "长文.md").write_text(
+        "# 超长说明文档\n\n" + "\n\n".join(f"第{i}段：{paragraph}" for i in range(8)),
+        encoding="utf-8",
+    )
+    client = make_client(replace(base_settings, kb_dir=kb_copy))
+    whole = reply_text(
+        client.post(
+            "/v1/reply", json=text_message("超长说明文档"), headers={"X-Reply-Parts": "all"}
+        )
+    )
+    assert utf8_len(whole) > 4000 and "（内容较长" not in whole
+    assert whole.count("第0段") == 1 and whole.count("第7段") == 1
+    assert "没有更多" in reply_text(client.post("/v1/reply", json=text_message("继续")))
+    first = reply_text(client.post("/v1/reply", json=text_message("超长说明文档")))
+    assert utf8_len(first) <= 2000 and "继续" in first  # without the header: parts as usual
