@@ -10,20 +10,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.support.loopback_server import LoopbackServer
 from tests.support.processes import (
     REPO_ROOT,
     Process,
@@ -37,89 +36,55 @@ from tests.support.promql import ALERTMANAGER_YML, PROMETHEUS_YML, RULES_DIR
 RELAY_DIR = REPO_ROOT / "services" / "alert-relay"
 
 
-# -- small fake upstreams ------------------------------------------------------------------
-@dataclass
-class FakeServer:
-    url: str
-    requests: list[tuple[str, Any]] = field(default_factory=list)
-
-
-@contextmanager
-def serve(handle: Callable[[str, str, bytes], tuple[int, Any]]) -> Iterator[FakeServer]:
-    """A JSON HTTP server on 127.0.0.1 whose answers come from `handle(method, path, body)`."""
-    fake: FakeServer
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _run(self, method: str) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            fake.requests.append((f"{method} {self.path}", body))
-            status, answer = handle(method, self.path, body)
-            data = json.dumps(answer, ensure_ascii=False).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._run("GET")
-
-        def do_POST(self) -> None:
-            self._run("POST")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    fake = FakeServer(url=f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
+# -- a fake LLM -------------------------------------------------------------------------------
 SLOW_WORD = "慢"  # the fake LLM answers a question containing it after LLM_SLOW_S
 BROKEN_WORD = "坏"  # ... and answers 500 to one containing it
 LLM_SLOW_S = 6.5
 
 
-def fake_llm() -> Any:
+class FakeLLM(LoopbackServer):
     """An OpenAI-compatible /chat/completions that is fast, slow or broken by the question."""
 
-    def handle(method: str, path: str, body: bytes) -> tuple[int, Any]:
-        if not path.endswith("/chat/completions"):
-            return 404, {"error": "not found"}
-        question = json.loads(body)["messages"][-1]["content"]
-        if BROKEN_WORD in question:
-            return 500, {"error": {"message": "upstream exploded"}}
-        if SLOW_WORD in question:
-            time.sleep(LLM_SLOW_S)
-        return 200, {
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "这是模型的回答。"}}
-            ]
-        }
+    def __init__(self) -> None:
+        super().__init__(self._handler_class())
 
-    return serve(handle)
+    @staticmethod
+    def _handler_class() -> type[BaseHTTPRequestHandler]:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                question = body["messages"][-1]["content"]
+                if not self.path.endswith("/chat/completions"):
+                    status, answer = 404, {"error": {"message": "not found"}}
+                elif BROKEN_WORD in question:
+                    status, answer = 500, {"error": {"message": "upstream exploded"}}
+                else:
+                    if SLOW_WORD in question:
+                        time.sleep(LLM_SLOW_S)
+                    message = {"role": "assistant", "content": "这是模型的回答。"}
+                    status, answer = 200, {"choices": [{"index": 0, "message": message}]}
+                data = json.dumps(answer, ensure_ascii=False).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
 
 
-def fake_wechat_api() -> Any:
-    """api.weixin.qq.com's token and customer-service endpoints, always accepting."""
-
-    def handle(method: str, path: str, body: bytes) -> tuple[int, Any]:
-        if path.startswith("/cgi-bin/token"):
-            return 200, {"access_token": "fake-access-token", "expires_in": 7200}
-        if path.startswith("/cgi-bin/message/custom/send"):
-            return 200, {"errcode": 0, "errmsg": "ok"}
-        return 404, {"errcode": 404, "errmsg": "not found"}
-
-    return serve(handle)
+@contextmanager
+def fake_llm() -> Iterator[FakeLLM]:
+    llm = FakeLLM().start()
+    try:
+        yield llm
+    finally:
+        llm.stop()
 
 
 # -- config copies ---------------------------------------------------------------------------

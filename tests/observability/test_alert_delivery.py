@@ -40,7 +40,7 @@ def test_a_firing_rule_reaches_the_wecom_robot_rendered(tmp_path):
     procs = []
     try:
         with fake_wecom_robot() as robot:
-            relay = stack.start_relay(tmp_path, robot.url)
+            relay = stack.start_relay(tmp_path, robot.webhook_url)
             procs.append(relay)
             alertmanager = stack.start_alertmanager(
                 tmp_path, stack.alertmanager_config(relay.extra["url"])

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.observability import stack
+from tests.support.fake_wechat_api import FakeWeChatApi
 from tests.support.processes import start_ai_api, start_gateway, start_redis, wait_until
 from tests.support.promql import (
     EXPORTER_METRICS,
@@ -47,10 +48,10 @@ def proof(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The whole stack, the traffic sent through it, and the time range it covers."""
     log_dir = tmp_path_factory.mktemp("observability")
     procs: list[Any] = []
+    wechat_api = FakeWeChatApi(ACCOUNT.appid, "fake-secret").start()
     try:
         with (
             stack.fake_llm() as llm,
-            stack.fake_wechat_api() as wechat_api,
             fake_wecom_robot() as robot,
         ):
             redis = start_redis(log_dir)
@@ -89,7 +90,7 @@ def proof(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 "blackbox": stack.start_blackbox_exporter(log_dir),
             }
             procs += exporters.values()
-            relay = stack.start_relay(log_dir, robot.url)
+            relay = stack.start_relay(log_dir, robot.webhook_url)
             procs.append(relay)
             alertmanager = stack.start_alertmanager(
                 log_dir, stack.alertmanager_config(relay.extra["url"])
@@ -128,11 +129,11 @@ def proof(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 "start": started,
                 "end": time.time(),
                 "robot": robot,
-                "wechat_api": wechat_api,
             }
     finally:
         for proc in reversed(procs):
             proc.stop()
+        wechat_api.stop()
 
 
 def all_targets_up(url: str) -> bool:
@@ -189,11 +190,8 @@ def send_traffic(url: str, gateways: list[Any], custom: Any, ai: Any, wechat_api
         settle(url)
 
     # slow, LLM-broken and customer-service mode, twice, at once (the slow ones take seconds)
-    def pushes() -> int:
-        return sum("custom/send" in request for request, _ in wechat_api.requests)
-
     for _ in range(2):
-        pushed_before = pushes()
+        pushed_before = len(wechat_api.sent)
         with ThreadPoolExecutor(3) as pool:
             slow = pool.submit(sims[0].deliver, text_message(f"{stack.SLOW_WORD}一点的问题"))
             broken = pool.submit(sims[1].deliver, text_message(f"{stack.BROKEN_WORD}掉的模型"))
@@ -204,7 +202,8 @@ def send_traffic(url: str, gateways: list[Any], custom: Any, ai: Any, wechat_api
         assert slow_delivery.attempts[-1].verdict == "reply"
         assert broken_delivery.attempts[0].verdict == "reply", "the knowledge base answers"
         assert pushed_attempt.verdict == "success"
-        wait_until(lambda before=pushed_before: pushes() > before, 20, "the customer-service push")
+        wechat_api.wait_for_sent(pushed_before + 1, timeout_s=20)
+        assert len(wechat_api.sent) > pushed_before, "the customer-service push"
         settle(url)
     # AI API down: the gateway answers with its fallback text
     ai.stop()

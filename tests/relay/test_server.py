@@ -43,7 +43,7 @@ def get(url: str) -> str:
 
 
 def test_a_notification_reaches_the_robot_as_markdown():
-    with fake_wecom_robot() as robot, running_relay(robot.url) as relay:
+    with fake_wecom_robot() as robot, running_relay(robot.webhook_url) as relay:
         status, _ = post(f"{relay}/alertmanager", json.dumps(PAYLOAD).encode())
         assert status == 200
         [message] = robot.messages()
@@ -53,7 +53,7 @@ def test_a_notification_reaches_the_robot_as_markdown():
 
 
 def test_a_refusing_robot_gets_502_so_alertmanager_retries():
-    with fake_wecom_robot() as robot, running_relay(robot.url) as relay:
+    with fake_wecom_robot() as robot, running_relay(robot.webhook_url) as relay:
         robot.errcode = 45009  # WeCom's rate limit: 20 messages a minute per robot
         status, text = post(f"{relay}/alertmanager", json.dumps(PAYLOAD).encode())
         assert (status, text.strip()) == (502, "WeCom errcode 45009: busy")
@@ -72,7 +72,7 @@ def test_an_unreachable_robot_gets_502_without_leaking_the_key():
 
 
 def test_bodies_that_are_not_notifications_get_400_and_are_not_sent():
-    with fake_wecom_robot() as robot, running_relay(robot.url) as relay:
+    with fake_wecom_robot() as robot, running_relay(robot.webhook_url) as relay:
         assert post(f"{relay}/alertmanager", b"{not json")[0] == 400
         assert post(f"{relay}/alertmanager", b'{"status": "firing"}')[0] == 400
         assert post(f"{relay}/elsewhere", b"{}")[0] == 404
