@@ -38,6 +38,7 @@ from tests.support.processes import (
     REPO_ROOT,
     VENV_BIN,
     free_port,
+    gateway_request_lines,
     in_ci,
     make_self_signed_cert,
     require_binary,
@@ -100,15 +101,19 @@ class Stack:
     def request_lines(self, container: str) -> list[dict]:
         """The gateway's structured request lines for /wechat, from one container's log."""
         out = self.project.engine.docker("logs", container, timeout_s=30)
-        lines = []
-        for raw in (out.stdout + out.stderr).decode(errors="replace").splitlines():
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and doc.get("route") == "/wechat":
-                lines.append(doc)
-        return lines
+        return gateway_request_lines((out.stdout + out.stderr).decode(errors="replace"))
+
+    def answer_until_replied(self, openid: str, what: str) -> None:
+        """Send callbacks (at most 20, 40 s) until one is answered: after a container is
+        replaced nginx may hold the old address for its 5 s resolver cache."""
+        attempts = []
+
+        def answered() -> bool:
+            attempts.append(self.simulator().post(text_message(what, openid=openid)))
+            return attempts[-1].verdict == "reply"
+
+        wait_until(lambda: len(attempts) >= 20 or answered(), 40, what)
+        assert attempts[-1].verdict == "reply", (attempts[-1].status, attempts[-1].body[:300])
 
 
 @pytest.fixture(scope="module")
@@ -328,15 +333,7 @@ def test_production_overlay_refuses_dev_secrets_and_runs_read_only(stack: Stack)
         [container] = stack.containers(service)
         inspect = json.loads(stack.project.engine.docker("inspect", container).stdout)[0]
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True, service
-    # nginx may hold the replaced container's address for its 5 s resolver cache.
-    attempts = []
-
-    def answered() -> bool:
-        attempts.append(stack.simulator().post(text_message("prod?", openid="oProdUser")))
-        return attempts[-1].verdict == "reply"
-
-    wait_until(lambda: len(attempts) >= 20 or answered(), 40, "the production gateway")
-    assert attempts[-1].verdict == "reply", (attempts[-1].status, attempts[-1].body[:300])
+    stack.answer_until_replied("oProdUser", "the production gateway")
 
 
 def test_production_nginx_with_certbot_volume_and_read_only_root(stack: Stack) -> None:
@@ -390,11 +387,4 @@ def test_production_nginx_with_certbot_volume_and_read_only_root(stack: Stack) -
     inspect = json.loads(stack.project.engine.docker("inspect", nginx).stdout)[0]
     assert inspect["HostConfig"]["ReadonlyRootfs"] is True
     # The seeded certificate is the test's own: the callback verifies against it.
-    attempts = []
-
-    def answered() -> bool:
-        attempts.append(stack.simulator().post(text_message("tls?", openid="oProdTls")))
-        return attempts[-1].verdict == "reply"
-
-    wait_until(lambda: len(attempts) >= 20 or answered(), 40, "nginx with the seeded certificate")
-    assert attempts[-1].verdict == "reply", (attempts[-1].status, attempts[-1].body[:300])
+    stack.answer_until_replied("oProdTls", "nginx with the seeded certificate")

@@ -7,7 +7,6 @@ the gateway address).
 
 from __future__ import annotations
 
-import json
 import secrets
 import socket
 import ssl
@@ -19,7 +18,7 @@ import pytest
 import requests
 
 from scripts.run_stack import Stack, start_stack
-from tests.support.processes import make_self_signed_cert, wait_until
+from tests.support.processes import gateway_request_lines, make_self_signed_cert, wait_until
 from tests.support.tls import verified_session
 from tests.support.wechat import Account, WeChatSimulator, text_message
 
@@ -73,15 +72,7 @@ def stack(
 
 
 def gateway_lines(stack: Stack) -> list[dict]:
-    lines = []
-    for raw in stack.processes["gateway"].log().splitlines():
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("route") == "/wechat":
-            lines.append(doc)
-    return lines
+    return gateway_request_lines(stack.processes["gateway"].log())
 
 
 def test_safe_mode_callback_is_answered_through_tls(

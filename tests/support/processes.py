@@ -6,6 +6,7 @@ a fixed sleep, and every process is stopped by the fixture that started it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -362,3 +363,16 @@ def start_nginx(conf: Path, log_dir: Path, https_port: int) -> Process:
     nginx = require_binary("nginx", "apt-get install nginx")
     argv = [nginx, "-p", str(conf.parent), "-e", str(conf.parent / "error.log"), "-c", str(conf)]
     return start_process(f"nginx-{https_port}", argv, log_dir, port=https_port)
+
+
+def gateway_request_lines(log_text: str, route: str = "/wechat") -> list[dict]:
+    """The gateway's structured request lines (LOG_FORMAT=json) for one route, in log order."""
+    lines = []
+    for raw in log_text.splitlines():
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("route") == route:
+            lines.append(doc)
+    return lines
