@@ -29,6 +29,7 @@ PLACEHOLDER_SENT = "placeholder_sent"
 CUSTOM_PENDING = "custom_pending"
 ABANDONED = "abandoned"  # WECHAT_SLOW_REPLY_MODE=off: the user got the fallback, drop the answer
 HANDOFF_FLAGS = (PLACEHOLDER_SENT, CUSTOM_PENDING)  # the flags that ask for late delivery
+REDIS_POOL_SIZE = 256  # per worker process; each greenlet holds one only for a round trip
 
 
 @dataclass
@@ -43,13 +44,23 @@ class Job:
     lease_until: float
     answer: dict[str, Any] | None
     store: str
+    # A new claim pops the user's oldest parked answer in the same round trip.
+    parked: dict[str, Any] | None = None
 
 
 class JobStore(Protocol):
     @property
     def name(self) -> str: ...
 
-    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job: ...
+    def claim(
+        self,
+        key: str,
+        owner: str,
+        now: float,
+        window_s: int,
+        lease_s: float,
+        parked_user: str | None = None,
+    ) -> Job: ...
     def get(self, key: str) -> Job | None: ...
     def renew(self, key: str, owner: str, lease_until: float) -> bool: ...
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool: ...
@@ -103,7 +114,15 @@ class LocalStore:
             "local",
         )
 
-    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
+    def claim(
+        self,
+        key: str,
+        owner: str,
+        now: float,
+        window_s: int,
+        lease_s: float,
+        parked_user: str | None = None,
+    ) -> Job:
         with self._lock:
             state = self._live(self._jobs, key)
             if state is None:
@@ -114,7 +133,10 @@ class LocalStore:
                     "attempts": 1,
                 }
                 self._put(self._jobs, key, state, window_s)
-                return self._view(key, state, True, 1)
+                job = self._view(key, state, True, 1)
+                if parked_user is not None:
+                    job.parked = self._pop_parked_locked(parked_user)
+                return job
             state["attempts"] += 1
             return self._view(key, state, False, state["attempts"])
 
@@ -162,13 +184,16 @@ class LocalStore:
 
     def pop_parked(self, user: str) -> dict[str, Any] | None:
         with self._lock:
-            queue = self._live(self._parked, user)
-            if not queue:
-                return None
-            first = queue.pop(0)
-            if not queue:
-                del self._parked[user]
-            return first
+            return self._pop_parked_locked(user)
+
+    def _pop_parked_locked(self, user: str) -> dict[str, Any] | None:
+        queue = self._live(self._parked, user)
+        if not queue:
+            return None
+        first = queue.pop(0)
+        if not queue:
+            del self._parked[user]
+        return first
 
     def clear_parked(self, user: str) -> None:
         with self._lock:
@@ -178,6 +203,19 @@ class LocalStore:
         return True
 
 
+# One round trip for every attempt: claim with SET NX EX, count the attempt, and on a new
+# claim take the user's oldest parked answer. Returns {claimed, parked or "", job fields}.
+_CLAIM = """
+local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4])
+redis.call('HINCRBY', KEYS[2], 'attempts', 1)
+local parked = ''
+if claimed then
+  redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'started_at', ARGV[2], 'lease_until', ARGV[3])
+  if KEYS[3] ~= '' then parked = redis.call('LPOP', KEYS[3]) or '' end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {claimed and 1 or 0, parked, redis.call('HGETALL', KEYS[2])}
+"""
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'lease_until', ARGV[2]) return 1 end
@@ -199,6 +237,7 @@ class RedisStore:
     def __init__(self, client: redis.Redis, prefix: str = "cn:gw") -> None:
         self.client = client
         self.prefix = prefix
+        self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
         self._take_over = client.register_script(_TAKE_OVER)
 
@@ -225,18 +264,24 @@ class RedisStore:
             "redis",
         )
 
-    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
-        job_key = self._job_key(key)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self._claim_key(key), owner, nx=True, ex=window_s)
-        pipe.hincrby(job_key, "attempts", 1)
-        pipe.hsetnx(job_key, "owner", owner)
-        pipe.hsetnx(job_key, "started_at", repr(now))
-        pipe.hsetnx(job_key, "lease_until", repr(now + lease_s))
-        pipe.expire(job_key, window_s)
-        pipe.hgetall(job_key)
-        claimed, *_, raw = pipe.execute()
-        return self._view(key, raw, bool(claimed))
+    def claim(
+        self,
+        key: str,
+        owner: str,
+        now: float,
+        window_s: int,
+        lease_s: float,
+        parked_user: str | None = None,
+    ) -> Job:
+        parked_key = self._parked_key(parked_user) if parked_user is not None else ""
+        claimed, parked, flat = self._claim(
+            keys=[self._claim_key(key), self._job_key(key), parked_key],
+            args=[owner, repr(now), repr(now + lease_s), window_s],
+        )
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        job = self._view(key, raw, bool(claimed))
+        job.parked = json.loads(parked) if parked else None
+        return job
 
     def get(self, key: str) -> Job | None:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self._job_key(key)))
@@ -310,10 +355,10 @@ class FailoverStore:
     def redis_down(self) -> bool:
         return self.clock() < self._down_until
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if not self.redis_down:
             try:
-                result = getattr(self.primary, method)(*args)
+                result = getattr(self.primary, method)(*args, **kwargs)
             except (redis.RedisError, OSError) as exc:
                 self._mark_down(exc)
             else:
@@ -325,7 +370,7 @@ class FailoverStore:
                     self._down_until = 0.0
                     metrics.REDIS_UP.set(1)
                 return result
-        return getattr(self.fallback, method)(*args)
+        return getattr(self.fallback, method)(*args, **kwargs)
 
     def _mark_down(self, exc: Exception) -> None:
         if not self._down_until:
@@ -337,8 +382,16 @@ class FailoverStore:
         self._down_until = self.clock() + self.retry_after_s
         metrics.REDIS_UP.set(0)
 
-    def claim(self, key: str, owner: str, now: float, window_s: int, lease_s: float) -> Job:
-        return self._call("claim", key, owner, now, window_s, lease_s)
+    def claim(
+        self,
+        key: str,
+        owner: str,
+        now: float,
+        window_s: int,
+        lease_s: float,
+        parked_user: str | None = None,
+    ) -> Job:
+        return self._call("claim", key, owner, now, window_s, lease_s, parked_user=parked_user)
 
     def get(self, key: str) -> Job | None:
         return self._call("get", key)
@@ -376,7 +429,14 @@ def build_store(redis_url: str | None, capacity: int) -> JobStore:
     local = LocalStore(capacity)
     if not redis_url:
         return local
-    client = redis.Redis.from_url(
-        redis_url, socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=10
+    # A blocking pool: a burst of greenlets waits briefly for a connection instead of
+    # failing with MaxConnectionsError (which would look like Redis being down).
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=2.0,
+        socket_connect_timeout=0.5,
+        socket_timeout=1.0,
+        health_check_interval=10,
     )
-    return FailoverStore(RedisStore(client), local)
+    return FailoverStore(RedisStore(redis.Redis(connection_pool=pool)), local)

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 _REMOTE_POLL_S = 0.05
 
 
+class _LocalJob(threading.Event):
+    """A job this worker runs: set once its answer is stored, which waiters then read here."""
+
+    answer: dict[str, Any] | None = None
+
+
 class CustomSender(Protocol):
     def deliver(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
         """Send `reply` through the customer-service API; return what must be parked."""
@@ -80,45 +86,42 @@ class Delivery:
         self.sleep = sleep
         # Host and pid in the owner id tell an operator (and a test) which process owns a job.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._done: dict[str, threading.Event] = {}
+        self._done: dict[str, _LocalJob] = {}
 
     # -- an attempt -------------------------------------------------------------------
     def answer(self, message: dict[str, Any], arrival: float, request_id: str = "") -> Outcome:
         """Handle one attempt of `message` that arrived at `arrival` (epoch seconds)."""
         s = self.settings
         key = message["dedup_key"]
-        job = self.store.claim(key, self.owner, arrival, s.dedup_window_s, s.job_lease_s)
-        attempt_label = str(job.attempt) if job.attempt <= 3 else "4+"
-        metrics.DELIVERY_ATTEMPTS.labels(attempt=attempt_label).inc()
+        is_event = message.get("type") == "event"
+        job = self.store.claim(
+            key,
+            self.owner,
+            arrival,
+            s.dedup_window_s,
+            s.job_lease_s,
+            parked_user=None if is_event else user_key(message),
+        )
+        metrics.DELIVERY_ATTEMPTS.labels(
+            attempt=str(job.attempt) if job.attempt < 4 else "4+"
+        ).inc()
         if not job.is_new:
             metrics.DEDUP_HITS.labels(store=job.store).inc()
-            log.info(
-                "dedup hit",
-                extra={"event": "dedup_hit", "attempt": job.attempt, "store": job.store},
-            )
-        elif self._start_from_parked(message, key):
-            pass
+            log.debug("dedup hit", extra={"event": "dedup_hit", "attempt": job.attempt})
+        elif job.parked is not None:  # the user's parked answer, instead of a new AI request
+            job.answer = {**job.parked, "source": "parked"}
+            self.store.finish(key, job.answer)
         else:
+            if is_event and message.get("event") == "unsubscribe":
+                self.store.clear_parked(user_key(message))
             self._start_job(message, key, self._window_s(), request_id)
 
         last = s.slow_reply_mode != "retry" or job.attempt >= s.max_attempts
         wait_s = s.reply_budget_s if last else s.retry_hold_s
-        answer = self._wait(key, arrival + wait_s, message, request_id)
+        answer = job.answer or self._wait(key, arrival + wait_s, message, request_id)
         if answer is not None:
             return self._delivered(answer, job.attempt, not job.is_new, arrival)
         return self._late(key, job.attempt, not job.is_new, arrival, last)
-
-    def _start_from_parked(self, message: dict[str, Any], key: str) -> bool:
-        """A user with a parked answer gets it now, instead of a new AI request."""
-        if message.get("type") == "event":
-            if message.get("event") == "unsubscribe":
-                self.store.clear_parked(user_key(message))
-            return False
-        parked = self.store.pop_parked(user_key(message))
-        if parked is None:
-            return False
-        self.store.finish(key, {**parked, "source": "parked"})
-        return True
 
     def _delivered(
         self, answer: dict[str, Any], attempt: int, dedup_hit: bool, arrival: float
@@ -188,8 +191,17 @@ class Delivery:
     def _wait(
         self, key: str, until: float, message: dict[str, Any], request_id: str
     ) -> dict[str, Any] | None:
-        """The job's answer once it exists, or None at `until`; takes over an orphaned job."""
+        """The job's answer once it exists, or None at `until`; takes over an orphaned job.
+
+        A job this worker runs hands its answer over in memory; another worker's or
+        replica's job is polled in the store, watching its lease.
+        """
         while True:
+            local = self._done.get(key)
+            if local is not None:
+                if local.wait(max(0.0, until - self.clock())):
+                    return local.answer
+                return None
             job = self.store.get(key)
             now = self.clock()
             if job is None:
@@ -198,14 +210,10 @@ class Delivery:
                 return job.answer
             if job.owner != self.owner and job.lease_until <= now:
                 self._take_over(job.key, job.started_at, message, request_id)
-            remaining = until - now
-            if remaining <= 0:
+                continue
+            if now >= until:
                 return None
-            done = self._done.get(key)
-            if done is not None:
-                done.wait(min(remaining, 0.25))
-            else:
-                self.sleep(min(remaining, _REMOTE_POLL_S))
+            self.sleep(min(until - now, _REMOTE_POLL_S))
 
     def _take_over(
         self, key: str, started_at: float, message: dict[str, Any], request_id: str
@@ -223,7 +231,7 @@ class Delivery:
     def _start_job(
         self, message: dict[str, Any], key: str, window_s: float, request_id: str
     ) -> None:
-        done = threading.Event()
+        done = _LocalJob()
         self._done[key] = done
         thread = threading.Thread(
             target=self._run_job,
@@ -239,7 +247,7 @@ class Delivery:
         key: str,
         window_s: float,
         request_id: str,
-        done: threading.Event,
+        done: _LocalJob,
     ) -> None:
         started = self.clock()
         keeper = threading.Thread(target=self._keep_lease, args=(key, done), daemon=True)
@@ -249,6 +257,7 @@ class Delivery:
             answer["started_at"] = started
             rest = self._split_off_rest(answer)
             flags = self.store.finish(key, answer)
+            done.answer = answer
             done.set()
             self._hand_over_late_answer(message, answer, flags)
             if rest and not flags:  # the passive reply carries the first part
