@@ -8,7 +8,6 @@ intervals short, so what is proven is the committed configuration.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,7 +27,10 @@ from tests.support.processes import (
     Process,
     free_port,
     http_ok,
+    make_self_signed_cert,
+    render_nginx_conf,
     require_binary,
+    start_nginx,
     start_process,
 )
 from tests.support.promql import ALERTMANAGER_YML, PROMETHEUS_YML, RULES_DIR
@@ -264,62 +266,25 @@ def start_blackbox_exporter(log_dir: Path) -> Process:
     )
 
 
-def start_tls_nginx(log_dir: Path) -> Process:
-    """nginx with a self-signed certificate on one port and stub_status on another.
-
-    Stands in for infra/nginx at what the exporters read: stub_status and the served
-    certificate. (The stack tests prove the real nginx config.)
-    """
-    nginx = require_binary("nginx", "apt-get install nginx")
-    openssl = require_binary("openssl", "apt-get install openssl")
-    root = log_dir / "nginx"
-    root.mkdir(exist_ok=True)
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(root / "key.pem"),
-            "-out",
-            str(root / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
+def start_real_nginx(log_dir: Path, gateway_addr: str) -> Process:
+    """infra/nginx itself (rendered for loopback): TLS in front of a gateway, stub_status."""
+    cert_dir = log_dir / "certs"
+    make_self_signed_cert(cert_dir)
+    http_port, https_port, status_port = free_port(), free_port(), free_port()
+    conf = render_nginx_conf(
+        log_dir / "nginx",
+        gateway_addr=gateway_addr,
+        http_port=http_port,
+        https_port=https_port,
+        status_port=status_port,
+        cert_dir=cert_dir,
     )
-    tls_port, status_port = free_port(), free_port()
-    (root / "nginx.conf").write_text(f"""
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root};
-    uwsgi_temp_path {root}; scgi_temp_path {root};
-    server {{
-        listen 127.0.0.1:{tls_port} ssl;
-        ssl_certificate {root}/cert.pem;
-        ssl_certificate_key {root}/key.pem;
-        location / {{ return 404; }}
-    }}
-    server {{
-        listen 127.0.0.1:{status_port};
-        location = /stub_status {{ stub_status; }}
-    }}
-}}
-""")
-    argv = [nginx, "-p", str(root), "-e", str(root / "error.log"), "-c", str(root / "nginx.conf")]
-    proc = start_process("nginx", argv, log_dir, port=status_port)
+    proc = start_nginx(conf, log_dir, https_port)
     proc.extra.update(
-        tls=f"127.0.0.1:{tls_port}", stub_status=f"http://127.0.0.1:{status_port}/stub_status"
+        url=f"https://127.0.0.1:{https_port}",
+        cafile=str(cert_dir / "fullchain.pem"),
+        tls=f"127.0.0.1:{https_port}",
+        stub_status=f"http://127.0.0.1:{status_port}/stub_status",
     )
     return proc
 

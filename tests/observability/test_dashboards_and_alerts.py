@@ -3,8 +3,9 @@
 Grafana cannot be installed here, so the dashboards are proven through what they ask of
 Prometheus. The process stack runs on loopback: Redis, the AI API (Uvicorn) with a fake
 OpenAI-compatible LLM, two gateway replicas (Gunicorn, two workers each, production config)
-plus a third in customer-service mode against a fake WeChat API, nginx with a certificate,
-the redis/nginx/blackbox exporters, Alertmanager and the alert relay. A real Prometheus
+plus a third in customer-service mode against a fake WeChat API, nginx (the real infra/nginx
+config, rendered for loopback, with a certificate) in front of the first replica, the
+redis/nginx/blackbox exporters, Alertmanager and the alert relay. A real Prometheus
 scrapes all of it with a loopback copy of infra/prometheus/prometheus.yml and loads the real
 rules. Traffic: good, bad-signature, undecryptable, duplicate, slow, LLM-broken, AI-down.
 Then every panel target is run as Grafana would (query_range over the traffic) and must
@@ -33,6 +34,7 @@ from tests.support.promql import (
     dashboard_queries,
     metric_names,
 )
+from tests.support.tls import verified_session
 from tests.support.wechat import Account, WeChatSimulator, sign, text_message
 from tests.support.wecom import fake_wecom_robot
 
@@ -82,7 +84,7 @@ def proof(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 name="gw-custom",
             )
             procs.append(custom)
-            nginx = stack.start_tls_nginx(log_dir)
+            nginx = stack.start_real_nginx(log_dir, f"127.0.0.1:{gateways[0].port}")
             procs.append(nginx)
             exporters = {
                 "redis": stack.start_redis_exporter(log_dir, redis.port),
@@ -122,7 +124,7 @@ def proof(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
             wait_until(lambda: all_targets_up(url), 30, "every scrape target up")
             started = time.time()
-            send_traffic(url, gateways, custom, ai, wechat_api)
+            send_traffic(url, nginx, gateways, custom, ai, wechat_api)
             settle(url)
             yield {
                 "url": url,
@@ -164,13 +166,18 @@ def settle(url: str) -> None:
     wait_until(lambda: scalar(url, "min(timestamp(up))") > now, 15, "a scrape of every target")
 
 
-def send_traffic(url: str, gateways: list[Any], custom: Any, ai: Any, wechat_api: Any) -> None:
+def send_traffic(
+    url: str, nginx: Any, gateways: list[Any], custom: Any, ai: Any, wechat_api: Any
+) -> None:
     """Traffic in phases with a scrape between them, so every counter is seen rising.
 
     A series appears with its first increment; a burst between two scrapes would show up
     already at its final value, and a rate over it would be zero.
     """
-    sims = [WeChatSimulator(g.extra["url"] + "/wechat", ACCOUNT) for g in gateways]
+    # the first replica through nginx (TLS), the second directly, as nginx's upstream would
+    sims = [WeChatSimulator(nginx.extra["url"] + "/wechat", ACCOUNT)]
+    sims[0].session = verified_session(nginx.extra["cafile"])  # trust the test's certificate
+    sims += [WeChatSimulator(g.extra["url"] + "/wechat", ACCOUNT) for g in gateways[1:]]
     custom_sim = WeChatSimulator(custom.extra["url"] + "/wechat", ACCOUNT)
     stranger = WeChatSimulator(gateways[0].extra["url"] + "/wechat", Account(token="not-ours"))
     same = text_message("重复投递的问题")
