@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.loopback_server import LoopbackServer
+from tests.support.loopback_server import LoopbackServer, send_json
 from tests.support.processes import (
     REPO_ROOT,
     Process,
@@ -67,12 +67,7 @@ class FakeLLM(LoopbackServer):
                         time.sleep(LLM_SLOW_S)
                     message = {"role": "assistant", "content": "这是模型的回答。"}
                     status, answer = 200, {"choices": [{"index": 0, "message": message}]}
-                data = json.dumps(answer, ensure_ascii=False).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, answer)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support.loopback_server import LoopbackServer
+from tests.support.loopback_server import LoopbackServer, send_json
 
 
 class FakeWeComRobot(LoopbackServer):
@@ -45,12 +45,7 @@ class FakeWeComRobot(LoopbackServer):
                     with robot.lock:
                         robot.received.append(json.loads(body))
                 answer = {"errcode": errcode, "errmsg": "ok" if errcode == 0 else "busy"}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, answer)
 
             def log_message(self, *args: Any) -> None:
                 pass
