@@ -40,10 +40,11 @@ rules: ## promtool/amtool: check the Prometheus and Alertmanager configs, run th
 	promtool test rules infra/prometheus/tests/alerts.test.yml
 	amtool check-config infra/alertmanager/alertmanager.yml
 
-lint: venv ## ruff (print banned), the format check, mypy on the gateway
+lint: venv ## ruff (print banned), the format check, mypy on the gateway and the alert relay
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --ignore-missing-imports services/wechat-gateway/wechat_gateway
+	$(BIN)/mypy --strict services/alert-relay/alert_relay
 
 format: venv ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .

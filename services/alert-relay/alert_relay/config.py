@@ -45,20 +45,21 @@ class Settings:
         return cls(
             wecom_webhook_url=url,
             host=env.get("ALERT_RELAY_HOST", cls.host),
-            port=_number(env, "ALERT_RELAY_PORT", cls.port, int),
+            port=int(_positive(env, "ALERT_RELAY_PORT", cls.port, integer=True)),
             runbook_base_url=runbook,
-            send_timeout_s=_number(env, "ALERT_RELAY_SEND_TIMEOUT_S", cls.send_timeout_s, float),
+            send_timeout_s=_positive(env, "ALERT_RELAY_SEND_TIMEOUT_S", cls.send_timeout_s),
         )
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type) -> int | float:
+def _positive(env: Mapping[str, str], name: str, default: float, *, integer: bool = False) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = kind(raw)
+        value = int(raw) if integer else float(raw)
     except ValueError:
-        raise ConfigError(f"{name} has value {raw!r}. Not a valid {kind.__name__}.") from None
+        kind = "integer" if integer else "number"
+        raise ConfigError(f"{name} has value {raw!r}. Not a valid {kind}.") from None
     if value <= 0:
         raise ConfigError(f"{name} has value {raw!r}. Must be above 0.")
     return value

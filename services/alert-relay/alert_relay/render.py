@@ -34,7 +34,7 @@ def render(payload: dict[str, Any], runbook_base_url: str = "") -> str:
     name = group.get("alertname") or "Alertmanager"
     severity = (payload.get("commonLabels") or {}).get("severity", "")
     header = (
-        f"{_STATUS.get(payload.get('status'), _STATUS['firing'])[0]}**{name}**"
+        f"{_STATUS.get(str(payload.get('status')), _STATUS['firing'])[0]}**{name}**"
         f"{f' · {severity}' if severity else ''}\n"
         f"告警中 {firing} 条，已恢复 {len(alerts) - firing} 条"
     )
@@ -61,7 +61,7 @@ def render(payload: dict[str, Any], runbook_base_url: str = "") -> str:
 def _alert_block(alert: dict[str, Any], runbook_base_url: str) -> str:
     annotations = alert.get("annotations") or {}
     labels = alert.get("labels") or {}
-    badge, when_word = _STATUS.get(alert.get("status"), _STATUS["firing"])
+    badge, when_word = _STATUS.get(str(alert.get("status")), _STATUS["firing"])
     when = alert.get("startsAt") if alert.get("status") != "resolved" else alert.get("endsAt")
     lines = [f"{badge}**{_one_line(annotations.get('summary') or labels.get('alertname', ''))}**"]
     description = (annotations.get("description") or "").strip()
