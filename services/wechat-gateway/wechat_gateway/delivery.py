@@ -28,6 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import gevent
+from gevent import monkey
+
 from . import metrics
 from .ai_client import AIClient, AIError
 from .config import Settings
@@ -38,6 +41,15 @@ from .splitting import split_utf8
 log = logging.getLogger(__name__)
 
 _REMOTE_POLL_S = 0.05
+
+
+def _spawn(function: Callable[..., None], *args: Any) -> None:
+    """Run `function` concurrently: a greenlet under Gunicorn's gevent worker (cheap, and
+    what the patched threading would create anyway), a daemon thread elsewhere."""
+    if monkey.is_module_patched("threading"):
+        gevent.spawn(function, *args)
+    else:
+        threading.Thread(target=function, args=args, daemon=True).start()
 
 
 class _LocalJob(threading.Event):
@@ -87,6 +99,7 @@ class Delivery:
         # Host and pid in the owner id tell an operator (and a test) which process owns a job.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._done: dict[str, _LocalJob] = {}
+        self._keeper_started = False
 
     # -- an attempt -------------------------------------------------------------------
     def answer(self, message: dict[str, Any], arrival: float, request_id: str = "") -> Outcome:
@@ -233,13 +246,8 @@ class Delivery:
     ) -> None:
         done = _LocalJob()
         self._done[key] = done
-        thread = threading.Thread(
-            target=self._run_job,
-            args=(message, key, window_s, request_id, done),
-            daemon=True,
-            name=f"job-{key[:24]}",
-        )
-        thread.start()
+        self._ensure_lease_keeper()
+        _spawn(self._run_job, message, key, window_s, request_id, done)
 
     def _run_job(
         self,
@@ -250,8 +258,6 @@ class Delivery:
         done: _LocalJob,
     ) -> None:
         started = self.clock()
-        keeper = threading.Thread(target=self._keep_lease, args=(key, done), daemon=True)
-        keeper.start()
         try:
             answer = self._ask_ai(message, window_s, self._timeout_s(window_s), request_id)
             answer["started_at"] = started
@@ -267,6 +273,22 @@ class Delivery:
         finally:
             done.set()
             self._done.pop(key, None)
+
+    def _ensure_lease_keeper(self) -> None:
+        """One loop per worker renews the lease of every job this worker runs."""
+        if not self._keeper_started:
+            self._keeper_started = True
+            _spawn(self._keep_leases)
+
+    def _keep_leases(self) -> None:
+        interval = self.settings.job_lease_s / 3
+        while True:
+            self.sleep(interval)
+            for key in list(self._done):
+                try:
+                    self.store.renew(key, self.owner, self.clock() + self.settings.job_lease_s)
+                except Exception:
+                    log.exception("lease renewal failed", extra={"event": "lease_error"})
 
     def _timeout_s(self, window_s: float) -> float:
         """How long the job waits: in retry mode past the window, for a parkable answer."""
@@ -296,14 +318,6 @@ class Delivery:
             )
             return {"reply": self._text(self.settings.fallback_reply), "source": "fallback"}
         return {"reply": reply, "source": "ai"}
-
-    def _keep_lease(self, key: str, done: threading.Event) -> None:
-        interval = self.settings.job_lease_s / 3
-        while not done.wait(interval):
-            try:
-                self.store.renew(key, self.owner, self.clock() + self.settings.job_lease_s)
-            except Exception:
-                log.exception("lease renewal failed", extra={"event": "lease_error"})
 
     def _split_off_rest(self, answer: dict[str, Any]) -> str:
         """Custom mode asks for whole answers: keep one bubble in the reply, return the rest."""
