@@ -131,3 +131,9 @@ def test_grafana_login_is_a_secret_and_anonymous_access_is_off():
     secret_file = env["GF_SECURITY_ADMIN_PASSWORD__FILE"]
     match = re.fullmatch(r"/run/secrets/(\w+)", secret_file)
     assert match and match.group(1) in grafana["secrets"]
+
+
+def test_grafana_knows_the_scrape_interval():
+    # $__rate_interval is 4 x this: it must be the real scrape interval or rates go blank
+    scrape = load_yaml(REPO_ROOT / "infra" / "prometheus" / "prometheus.yml")["global"]
+    assert datasource()["jsonData"]["timeInterval"] == scrape["scrape_interval"]
