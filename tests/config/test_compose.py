@@ -353,3 +353,20 @@ def test_env_example_documents_every_compose_variable() -> None:
         used |= set(re.findall(r"^\s+([A-Z][A-Z0-9_]+):\s*$", text, re.M))  # pass-through
     missing = sorted(used - documented)
     assert not missing, f".env.example does not document: {missing}"
+
+
+def test_every_service_setting_in_env_example_reaches_its_container(default: dict) -> None:
+    """A variable documented for a service is passed to that service's container."""
+    sections: dict[str, set[str]] = {}
+    heading = ""
+    for line in (REPO_ROOT / ".env.example").read_text().splitlines():
+        if line.startswith("# --- "):
+            heading = line.strip("# -").split("(")[0].strip()
+        elif re.match(r"^[A-Z][A-Z0-9_]*=", line):
+            sections.setdefault(heading, set()).add(line.split("=", 1)[0])
+    make_run_only = {"AI_API_PORT"}  # the port `make run` gives Uvicorn; containers use 8000
+    for heading, service in {"Gateway": "wechat-gateway", "AI API": "ai-api"}.items():
+        assert sections.get(heading), f".env.example has no '# --- {heading}' section"
+        passed = set(default["services"][service]["environment"])
+        missing = sorted(sections[heading] - passed - make_run_only)
+        assert not missing, f"{service} does not receive {missing} from .env"
