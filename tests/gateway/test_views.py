@@ -275,3 +275,14 @@ def test_debug_signature_helps_without_revealing_the_token(make_gateway):
 
 def test_unknown_route_is_404(gateway):
     assert gateway.client.get("/nope").status_code == 404
+
+
+def test_known_series_exist_before_any_event(gateway):
+    text = gateway.client.get("/metrics").data.decode()
+    for series in (
+        'wechat_signature_fail_total{reason="bad_msg_signature"}',
+        'wechat_replies_total{path="placeholder"}',
+        'wechat_decrypt_fail_total{reason="appid"}',
+        'wechat_custom_send_total{result="not_retryable"}',
+    ):
+        assert f"\n{series} " in text, series

@@ -55,5 +55,8 @@ def test_metrics_add_up_across_two_workers(tmp_path, fake_ai):
         assert metric_sum(text, "wechat_request_latency_seconds_count", method="POST") == sent + 1
         assert metric_sum(text, "wechat_signature_fail_total", reason="bad_signature") == 1
         assert metric_sum(text, "wechat_ai_request_latency_seconds_count") == sent
+        # Known series exist at 0 before their first event, summed over both workers.
+        assert 'wechat_replies_total{path="placeholder"} 0.0' in text
+        assert 'wechat_decrypt_fail_total{reason="padding"} 0.0' in text
     finally:
         gateway.stop()

@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, sender: CustomSender | None 
     app.config["MAX_CONTENT_LENGTH"] = None  # the view enforces WECHAT_MAX_BODY_BYTES itself
     # Exactly one proxy (Nginx) sits in front: trust one hop of X-Forwarded-For/-Proto.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
+    metrics.create_known_series()
     store = build_store(settings.redis_url, settings.dedup_max)
     ai = AIClient(settings.ai_api_url) if settings.ai_api_url else None
     if sender is None and settings.slow_reply_mode == "custom":

@@ -121,3 +121,36 @@ REDIS_UP = Gauge(
     "(minimum across live workers); absent when Redis is not configured.",
     multiprocess_mode="livemin",
 )
+
+
+# Every label value the code can produce, created at start-up so dashboards and alert
+# ratios show 0 rather than "No data" before the first event of each kind.
+KNOWN_LABELS = {
+    SIGNATURE_FAILURES: [("bad_signature",), ("bad_msg_signature",), ("stale_timestamp",)],
+    DECRYPT_FAILURES: [("base64",), ("padding",), ("length",), ("appid",), ("xml",)],
+    DEDUP_HITS: [("redis",), ("local",)],
+    AI_ERRORS: [("timeout",), ("connection",), ("http_status",), ("bad_response",)],
+    REPLIES: [
+        (path,)
+        for path in (
+            "first_attempt",
+            "retry",
+            "placeholder",
+            "parked",
+            "custom",
+            "fallback",
+            "none",
+        )
+    ],
+    DELIVERY_ATTEMPTS: [("1",), ("2",), ("3",), ("4+",)],
+    CUSTOM_SENDS: [("ok",), ("retried",), ("failed",), ("not_retryable",)],
+    ACCESS_TOKEN_REFRESHES: [("ok",), ("error",)],
+}
+
+
+def create_known_series() -> None:
+    """Touch every known label set (idempotent; each worker process calls it once)."""
+    for metric, label_sets in KNOWN_LABELS.items():
+        for labels in label_sets:
+            metric.labels(*labels)
+    FALLBACK_REPLIES.inc(0)
