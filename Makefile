@@ -8,7 +8,7 @@ COMPOSE ?= docker compose
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run stack test test-compose lint rules format bench lock \
-        up down logs ps prod-up certs certbot clean prod-env prod-seed-certs check-endpoint
+        up down logs ps prod-up certs certbot clean prod-env prod-seed-certs certbot-args check-endpoint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -99,8 +99,10 @@ prod-seed-certs: prod-env certs
 prod-up: prod-seed-certs ## production: compose.yaml + compose.prod.yaml, secrets from PROD_ENV_FILE
 	$(PROD_COMPOSE) up -d --build --remove-orphans
 
-certbot: prod-seed-certs ## first Let's Encrypt certificate: make certbot DOMAIN=wx.example.com EMAIL=you@example.com
+certbot-args:
 	@test -n "$(DOMAIN)" -a -n "$(EMAIL)" || { echo "usage: make certbot DOMAIN=wx.example.com EMAIL=you@example.com"; exit 2; }
+
+certbot: certbot-args prod-seed-certs ## first Let's Encrypt certificate: make certbot DOMAIN=wx.example.com EMAIL=you@example.com
 	$(PROD_COMPOSE) up -d --build nginx
 	$(PROD_COMPOSE) run --rm --no-deps --entrypoint certbot certbot certonly --webroot -w /var/www/acme \
 	  -d $(DOMAIN) --email $(EMAIL) --agree-tos --no-eff-email --non-interactive \
