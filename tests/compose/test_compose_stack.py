@@ -105,7 +105,7 @@ class Stack:
 
     def answer_until_replied(self, openid: str, what: str) -> None:
         """Send callbacks (at most 20, 40 s) until one is answered: after a container is
-        replaced nginx may hold the old address for its 5 s resolver cache."""
+        replaced nginx holds the old address until run-nginx.sh reloads it (seconds)."""
         attempts = []
 
         def answered() -> bool:
@@ -284,14 +284,14 @@ def test_gateway_scales_to_two_replicas_and_both_serve(stack: Stack) -> None:
     sent = []
 
     def both_served() -> bool:
-        # nginx re-resolves the gateway name every few seconds (resolver valid=5s): keep
-        # sending real callbacks, each answered correctly, until both replicas logged one.
+        # run-nginx.sh reloads nginx within seconds of the new replica's address appearing:
+        # keep sending real callbacks, each answered correctly, until both replicas logged one.
         attempt = sim.post(text_message(f"scale check {len(sent)}", openid="oScaleUser"))
         sent.append(attempt)
         assert attempt.verdict == "reply", (attempt.status, attempt.body[:300])
         return all(len(stack.request_lines(c)) > before[c] for c in replicas)
 
-    wait_until(lambda: len(sent) >= 60 or both_served(), 60, "both gateway replicas to serve")
+    wait_until(lambda: len(sent) >= 120 or both_served(), 60, "both gateway replicas to serve")
     served = {c: len(stack.request_lines(c)) - before[c] for c in replicas}
     assert all(n > 0 for n in served.values()), f"after {len(sent)} callbacks: {served}"
 

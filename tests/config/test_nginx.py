@@ -111,8 +111,17 @@ def test_wechat_location_forwards_the_client_and_fits_the_5s_window(
     assert seconds("proxy_read_timeout") >= 10
     assert seconds("proxy_send_timeout") >= 10
     assert seconds("proxy_connect_timeout") <= 3
-    # Docker's DNS, re-resolved per request: every replica of a scaled gateway is found.
-    assert re.search(r"set\s+\$\w+\s+http://wechat-gateway:9090;", wechat)
+    # The upstream group, on keep-alive connections.
+    assert re.search(r"proxy_pass\s+http://wechat_gateway;", wechat)
+    assert re.search(r'proxy_set_header\s+Connection\s+"";', wechat)
+
+
+def test_upstream_keeps_connections_alive_to_every_replica(conf_text: str) -> None:
+    upstream = re.search(r"upstream\s+wechat_gateway\s*\{(.*?)\}", conf_text, re.S).group(1)
+    assert re.search(r"server\s+wechat-gateway:9090\b", upstream)
+    assert int(re.search(r"keepalive\s+(\d+);", upstream).group(1)) >= 8
+    # nginx must close idle connections before Gunicorn does (keepalive = 5 s there).
+    assert int(re.search(r"keepalive_timeout\s+(\d+)s;", upstream).group(1)) < 5
 
 
 def test_body_limit_matches_the_gateway(servers: dict[str, str]) -> None:

@@ -314,7 +314,7 @@ def render_nginx_conf(
         ("/etc/nginx/certs/", f"{cert_dir}/"),
         ("/var/log/nginx/access.log", f"{dest}/access.log"),
         ("root /var/www/acme;", f"root {dest}/acme;"),
-        ("http://wechat-gateway:9090", f"http://{gateway_addr}"),
+        ("server wechat-gateway:9090 ", f"server {gateway_addr} "),
     ]
     for old, new in swaps:
         if old not in text:
