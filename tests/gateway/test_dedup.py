@@ -1,0 +1,110 @@
+"""wechat_gateway.dedup: the in-process store's bounds, the hand-off rules, and failover."""
+
+from __future__ import annotations
+
+import redis
+
+from wechat_gateway.dedup import (
+    CUSTOM_PENDING,
+    PLACEHOLDER_SENT,
+    FailoverStore,
+    LocalStore,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_claim_counts_attempts_and_only_the_first_is_new():
+    store = LocalStore(10)
+    first = store.claim("k", "owner-a", 1000.0, 120, 3.0)
+    second = store.claim("k", "owner-b", 1005.0, 120, 3.0)
+    assert (first.is_new, first.attempt) == (True, 1)
+    assert (second.is_new, second.attempt, second.owner) == (False, 2, "owner-a")
+
+
+def test_keys_expire_after_the_window():
+    clock = Clock()
+    store = LocalStore(10, clock=clock)
+    store.claim("k", "a", clock.now, 120, 3.0)
+    clock.now += 119
+    assert store.claim("k", "a", clock.now, 120, 3.0).is_new is False
+    clock.now += 2
+    assert store.claim("k", "a", clock.now, 120, 3.0).is_new is True
+
+
+def test_capacity_evicts_the_least_recently_used_key():
+    store = LocalStore(3)
+    for key in ("a", "b", "c"):
+        store.claim(key, "o", 1000.0, 120, 3.0)
+    store.get("a")  # touched: "b" is now the oldest
+    store.claim("d", "o", 1000.0, 120, 3.0)
+    assert store.get("b") is None
+    assert all(store.get(key) is not None for key in ("a", "c", "d"))
+
+
+def test_exactly_one_side_delivers_a_late_answer():
+    store = LocalStore(10)
+    store.claim("late", "o", 1000.0, 120, 3.0)
+    assert store.hand_off("late", PLACEHOLDER_SENT) is None  # the attempt gave up first
+    assert store.finish("late", {"reply": "x"}) == {PLACEHOLDER_SENT}  # so the job parks it
+    store.claim("early", "o", 1000.0, 120, 3.0)
+    assert store.finish("early", {"reply": "y"}) == set()  # nobody gave up yet
+    assert store.hand_off("early", CUSTOM_PENDING) == {"reply": "y"}  # the attempt sends it
+
+
+def test_take_over_only_an_orphaned_unanswered_job():
+    store = LocalStore(10)
+    store.claim("k", "dead", 1000.0, 120, 3.0)
+    assert store.take_over("k", "alive", 1002.0, 3.0) is False  # lease still valid
+    assert store.take_over("k", "alive", 1003.5, 3.0) is True
+    assert store.get("k").owner == "alive"
+    store.finish("k", {"reply": None})
+    assert store.take_over("k", "third", 2000.0, 3.0) is False  # answered: nothing to take
+
+
+def test_parked_answers_queue_per_user_and_a_new_claim_pops_one():
+    store = LocalStore(10)
+    store.park("u", {"n": 1}, 60)
+    store.park("u", {"n": 2}, 60)
+    job = store.claim("k", "o", 1000.0, 120, 3.0, parked_user="u")
+    assert job.parked == {"n": 1}
+    assert store.claim("k", "o", 1000.0, 120, 3.0, parked_user="u").parked is None  # a retry
+    assert store.pop_parked("u") == {"n": 2} and store.pop_parked("u") is None
+
+
+class DownRedis:
+    """A RedisStore whose server is unreachable until `up` is set."""
+
+    name = "redis"
+
+    def __init__(self) -> None:
+        self.up = False
+        self.local = LocalStore(10)
+
+    def __getattr__(self, method):
+        def call(*args, **kwargs):
+            if not self.up:
+                raise redis.ConnectionError("connection refused")
+            return getattr(self.local, method)(*args, **kwargs)
+
+        return call
+
+
+def test_failover_to_the_local_store_and_back():
+    clock = Clock()
+    primary = DownRedis()
+    store = FailoverStore(primary, LocalStore(10), retry_after_s=2.0, clock=clock)
+    job = store.claim("k", "o", 1000.0, 120, 3.0)  # Redis down: answered locally
+    assert job.store == "local" and store.name == "local"
+    primary.up = True
+    clock.now += 1  # within the pause: Redis is not tried yet
+    assert store.claim("k2", "o", 1000.0, 120, 3.0).store == "local"
+    clock.now += 2
+    assert store.claim("k3", "o", 1000.0, 120, 3.0).store == "local"  # primary's LocalStore
+    assert store.name == "redis"
