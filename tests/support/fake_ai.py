@@ -13,7 +13,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.support.loopback_server import LoopbackServer
+from tests.support.loopback_server import LoopbackServer, QuietHandler
 
 
 class FakeAI(LoopbackServer):
@@ -49,12 +49,9 @@ class FakeAI(LoopbackServer):
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
-                self._send(200, b'{"status": "ok"}')
+                self.send_body(200, b'{"status": "ok"}')
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
@@ -64,21 +61,11 @@ class FakeAI(LoopbackServer):
                 if latency:
                     time.sleep(latency)
                 if fake.raw_body is not None:
-                    self._send(fake.status, fake.raw_body)
+                    self.send_body(fake.status, fake.raw_body)
                     return
                 body = json.dumps({"reply": fake.reply_for(message)}, ensure_ascii=False)
-                self._send(fake.status, body.encode())
+                self.send_body(fake.status, body.encode())
                 with fake._lock:
                     fake.completed.append(message.get("dedup_key", ""))
-
-            def _send(self, status: int, body: bytes) -> None:
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the gateway gave up waiting: that is what some tests check
 
         return Handler

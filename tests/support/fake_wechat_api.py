@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from tests.support.loopback_server import LoopbackServer
+from tests.support.loopback_server import LoopbackServer, QuietHandler, send_json
 
 
 class FakeWeChatApi(LoopbackServer):
@@ -70,32 +70,21 @@ class FakeWeChatApi(LoopbackServer):
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 if url.path == "/cgi-bin/token":
-                    self._json(fake._issue_token(parse_qs(url.query)))
+                    send_json(self, 200, fake._issue_token(parse_qs(url.query)))
                 else:
-                    self._json({"errcode": 404, "errmsg": "unknown"})
+                    send_json(self, 200, {"errcode": 404, "errmsg": "unknown"})
 
             def do_POST(self) -> None:
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if url.path == "/cgi-bin/message/custom/send":
-                    self._json(fake._send(parse_qs(url.query), body))
+                    send_json(self, 200, fake._send(parse_qs(url.query), body))
                 else:
-                    self._json({"errcode": 404, "errmsg": "unknown"})
-
-            def _json(self, document: dict[str, Any]) -> None:
-                body = json.dumps(document, ensure_ascii=False).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    send_json(self, 200, {"errcode": 404, "errmsg": "unknown"})
 
         return Handler

@@ -31,6 +31,24 @@ class LoopbackServer:
         self._server.server_close()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and answers JSON bodies."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_body(self, status: int, body: bytes) -> None:
+        """Answer `body` as JSON; a client that already gave up is not an error here."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
 def send_json(handler: BaseHTTPRequestHandler, status: int, document: object) -> None:
     """Answer `document` as UTF-8 JSON (Chinese unescaped) with its length."""
     body = json.dumps(document, ensure_ascii=False).encode()
