@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.compose.engine import (
     ComposeProject,
@@ -262,6 +263,48 @@ def test_http_redirects_and_internal_paths_are_refused(stack: Stack) -> None:
     for path in ("/health", "/metrics", "/_debug_signature"):
         response = client.get(f"https://127.0.0.1:{stack.https_port}{path}", timeout=5)
         assert response.status_code in (403, 404), path
+
+
+def test_prometheus_scrapes_every_service_and_loaded_the_rules(stack: Stack) -> None:
+    """Prometheus finds every target by its compose name and has evaluated every rule."""
+
+    def api(path: str) -> dict:
+        out = stack.project.text(
+            "exec", "-T", "prometheus", "wget", "-qO-", f"http://127.0.0.1:9090/api/v1/{path}"
+        )
+        return json.loads(out)["data"]
+
+    jobs = {
+        "prometheus",
+        "wechat-gateway",
+        "ai-api",
+        "redis",
+        "nginx",
+        "alertmanager",
+        "alert-relay",
+        "tls-certificate",
+    }
+
+    def all_up() -> bool:
+        targets = api("targets")["activeTargets"]
+        return {t["labels"]["job"] for t in targets} >= jobs and all(
+            t["health"] == "up" for t in targets
+        )
+
+    wait_until(all_up, 90, "every Prometheus target up")
+    alerts_file = REPO_ROOT / "infra" / "prometheus" / "rules" / "alerts.yml"
+    expected = {
+        rule["alert"]
+        for group in yaml.safe_load(alerts_file.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+
+    def rules_evaluated() -> bool:
+        rules = {r["name"]: r["health"] for g in api("rules")["groups"] for r in g["rules"]}
+        return expected <= set(rules) and set(rules.values()) == {"ok"}
+
+    wait_until(rules_evaluated, 60, "every alert rule loaded and evaluated")
 
 
 def test_gateway_scales_to_two_replicas_and_both_serve(stack: Stack) -> None:
