@@ -170,12 +170,18 @@ def seal_reply(
     random_bytes: Callable[[int], bytes] = os.urandom,
     nonce: str | None = None,
 ) -> bytes:
-    """The HTTP body for a passive reply: encrypted and signed when the request was."""
+    """The HTTP body for a passive reply: encrypted and signed when the request was.
+
+    The reply uses the key and token the request used: during a rotation WeChat still
+    works with the old ones until the console is updated, and must be able to read us.
+    """
     if not opened.encrypted:
         return reply_xml.encode("utf-8")
-    cipher = crypto.MessageCipher(account.aes_keys[0], account.appid)
+    key = account.aes_keys[opened.key_index or 0]
+    token = account.accepted_tokens[opened.token_index or 0]
+    cipher = crypto.MessageCipher(key, account.appid)
     encrypted = cipher.encrypt(reply_xml.encode("utf-8"), random_bytes=random_bytes)
     timestamp = str(int(now_s))
     nonce = nonce or str(secrets.randbelow(10**10))
-    msg_signature = signature.compute_signature(account.token, timestamp, nonce, encrypted)
+    msg_signature = signature.compute_signature(token, timestamp, nonce, encrypted)
     return replies.render_encrypted_envelope(encrypted, msg_signature, timestamp, nonce).encode()
