@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.loopback_server import LoopbackServer, QuietHandler
 
 
-class FakeLLM:
+class FakeLLM(LoopbackServer):
     def __init__(self) -> None:
         self.mode = "ok"
         self.answer: Callable[[list[dict]], str] = lambda messages: "这是大模型的回答。"
@@ -22,10 +23,7 @@ class FakeLLM:
         self.received = threading.Event()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length))
@@ -58,27 +56,11 @@ class FakeLLM:
                     )
 
             def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload, ensure_ascii=False).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(status, json.dumps(payload, ensure_ascii=False).encode())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def start(self) -> FakeLLM:
-        self._thread.start()
-        return self
+        super().__init__(Handler)
+        self.base_url = f"{self.url}/v1"
 
     def stop(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+        self.release.set()  # a request held in "slow" mode must not outlive the server
+        super().stop()
