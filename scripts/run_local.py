@@ -13,26 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from refuse_dev_secrets import example_values  # the one dotenv reader: scripts/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if not path.exists():
-        return values
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            name, _, value = line.partition("=")
-            values[name.strip()] = value.strip().strip('"').strip("'")
-    return values
-
-
 def local_environment() -> tuple[dict[str, str], list[str]]:
     """The environment for both services, and the names taken from .env.example."""
-    defaults = read_env_file(ROOT / ".env.example")
-    dotenv = read_env_file(ROOT / ".env")
+    defaults = example_values(ROOT / ".env.example")
+    dotenv = example_values(ROOT / ".env")
     env = dict(os.environ)
     from_example = []
     for name, value in {**defaults, **dotenv}.items():
