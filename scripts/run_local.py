@@ -13,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from refuse_dev_secrets import example_values  # the one dotenv reader: scripts/ is on sys.path
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts.refuse_dev_secrets import example_values  # noqa: E402 - the one dotenv reader
+
 BIN = Path(sys.executable).parent
 
 
