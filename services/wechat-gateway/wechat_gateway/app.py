@@ -11,11 +11,12 @@ from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import logs, metrics, views
+from . import logs, metrics, request_log, views
 from .ai_client import AIClient
 from .config import Settings
 from .dedup import JobStore, build_store
 from .delivery import CustomSender, Delivery
+from .endpoint import WeChatEndpoint
 from .errors import GatewayError
 
 log = logging.getLogger("wechat_gateway")
@@ -89,9 +90,6 @@ def create_app(settings: Settings | None = None, *, sender: CustomSender | None 
     settings = settings or Settings.from_env(os.environ)
     logs.configure(settings.log_level, settings.log_format)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = None  # the view enforces WECHAT_MAX_BODY_BYTES itself
-    # Exactly one proxy (Nginx) sits in front: trust one hop of X-Forwarded-For/-Proto.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1)  # type: ignore[method-assign]
     metrics.create_known_series()
     store = build_store(settings.redis_url, settings.dedup_max)
     ai = AIClient(settings.ai_api_url) if settings.ai_api_url else None
@@ -100,42 +98,32 @@ def create_app(settings: Settings | None = None, *, sender: CustomSender | None 
 
         sender = build_sender(settings)
     delivery = Delivery(settings, store, ai, sender)
-    app.extensions["celestial_nexus"] = Services(settings, store, ai, delivery)
+    services = Services(settings, store, ai, delivery)
+    app.extensions["celestial_nexus"] = services
     app.register_blueprint(views.bp)
     app.register_error_handler(GatewayError, views.handle_gateway_error)
     app.register_error_handler(HTTPException, lambda e: e)
     app.register_error_handler(Exception, views.handle_unexpected)
     app.after_request(_log_and_count)
+    # /wechat is served ahead of Flask (endpoint.py). Exactly one proxy (Nginx) sits in
+    # front: trust one hop of X-Forwarded-For/-Proto.
+    app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+        WeChatEndpoint(services, app.wsgi_app), x_for=1, x_proto=1
+    )
     _log_startup(settings)
     return app
 
 
 def _log_and_count(response):
-    """One structured line and one count per request."""
-    fields = g.get("log_fields", {})
-    if fields.pop("quiet", False) or request.path == "/health":
-        return response
-    latency_s = time.time() - g.get("started", time.time())
-    method = request.method if request.method in ("GET", "POST") else "OTHER"
-    outcome = fields.get("outcome", "ok" if response.status_code < 400 else "rejected")
-    if request.path == "/wechat":
-        metrics.REQUESTS.labels(
-            method=method, mode=fields.get("mode", "unknown"), outcome=outcome
-        ).inc()
-        metrics.REQUEST_LATENCY.labels(method=method).observe(latency_s)
-    log.info(
-        "request",
-        extra={
-            "event": "request",
-            "method": request.method,
-            "route": request.path,
-            "status": response.status_code,
-            "latency_ms": round(latency_s * 1000, 1),
-            "client_ip": request.remote_addr,
-            "request_id": g.get("request_id"),
-            **fields,
-            "outcome": outcome,
-        },
+    """One structured line per request of the Flask routes, as /wechat gets one."""
+    request_log.record(
+        request.method,
+        request.path,
+        response.status_code,
+        g.get("started", time.time()),
+        request.remote_addr,
+        g.get("request_id", ""),
+        g.get("log_fields", {}),
     )
     return response
 

@@ -1,0 +1,75 @@
+"""One count and one structured log line per request, for every route.
+
+/wechat requests are counted in `wechat_requests_total` and timed in
+`wechat_request_latency_seconds`; every request but the frequent, uneventful /health and
+/metrics polls gets a log line (method, route, status, latency, client, request id, plus
+what the handler learnt: mode, msg type, outcome, a hash of the openid).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import metrics
+
+log = logging.getLogger("wechat_gateway")
+
+COUNTED_ROUTE = "/wechat"
+QUIET_ROUTES = frozenset({"/health", "/metrics"})
+_METHODS = frozenset({"GET", "POST"})
+
+# The labelled children, looked up once: this runs on every callback.
+_request_counters: dict[tuple[str, str, str], Any] = {}
+_latency_histograms: dict[str, Any] = {}
+
+
+def record(
+    method: str,
+    route: str,
+    status: int,
+    started: float,
+    client_ip: str | None,
+    request_id: str,
+    fields: dict[str, Any],
+) -> None:
+    """Count and log one finished request; `fields` are the handler's log fields."""
+    if route in QUIET_ROUTES:
+        return
+    latency_s = time.time() - started
+    outcome = fields.get("outcome") or ("ok" if status < 400 else "rejected")
+    if route == COUNTED_ROUTE:
+        _count(
+            method if method in _METHODS else "OTHER",
+            fields.get("mode", "unknown"),
+            outcome,
+            latency_s,
+        )
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "request",
+            extra={
+                "event": "request",
+                "method": method,
+                "route": route,
+                "status": status,
+                "latency_ms": round(latency_s * 1000, 1),
+                "client_ip": client_ip,
+                "request_id": request_id,
+                **fields,
+                "outcome": outcome,
+            },
+        )
+
+
+def _count(method: str, mode: str, outcome: str, latency_s: float) -> None:
+    key = (method, mode, outcome)
+    counter = _request_counters.get(key)
+    if counter is None:
+        counter = _request_counters[key] = metrics.REQUESTS.labels(*key)
+    counter.inc()
+    histogram = _latency_histograms.get(method)
+    if histogram is None:
+        histogram = _latency_histograms[method] = metrics.REQUEST_LATENCY.labels(method)
+    histogram.observe(latency_s)
