@@ -32,6 +32,8 @@ class FakeAI(LoopbackServer):
         self.calls: Counter[str] = Counter()
         self.received: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
+        self.connections_opened = 0
         self._lock = threading.Lock()
 
         super().__init__(self._handler_class())
@@ -40,23 +42,31 @@ class FakeAI(LoopbackServer):
         with self._lock:
             return self.calls[dedup_key]
 
-    def _record(self, message: dict[str, Any], headers: dict[str, str]) -> None:
+    def _record(self, message: dict[str, Any], headers: dict[str, str], path: str) -> None:
         with self._lock:
             self.calls[message.get("dedup_key", "")] += 1
             self.received.append(message)
             self.headers.append(headers)
+            self.paths.append(path)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(QuietHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Uvicorn serves the real AI API
+
+            def setup(self) -> None:
+                super().setup()
+                with fake._lock:
+                    fake.connections_opened += 1
+
             def do_GET(self) -> None:
                 self.send_body(200, b'{"status": "ok"}')
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 message = json.loads(self.rfile.read(length) or b"{}")
-                fake._record(message, dict(self.headers))
+                fake._record(message, dict(self.headers), self.path)
                 latency = fake.latency_for(message)
                 if latency:
                     time.sleep(latency)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
+from gevent import monkey
+from geventhttpclient import HTTPClient, HTTPParseError
+from geventhttpclient.url import URL
 
 from . import metrics
 
@@ -20,7 +24,12 @@ log = logging.getLogger(__name__)
 
 DEADLINE_HEADER = "X-Reply-Deadline-Ms"
 PARTS_HEADER = "X-Reply-Parts"
+REPLY_PATH = "/v1/reply"
+HEALTH_PATH = "/health"
 REPLY_TYPES = {"text", "image", "news"}
+# Connections per worker: as many as requests a gevent worker holds (worker_connections),
+# so a burst of slow answers never queues behind the pool; idle ones cost a socket.
+POOL_SIZE = 1024
 _CONNECT_TIMEOUT_S = 1.0
 _READ_MARGIN_S = 0.5
 
@@ -32,17 +41,10 @@ class AIError(Exception):
 
 
 class AIClient:
-    """One connection pool per worker process to the AI API.
+    """The AI API's POST /v1/reply and GET /health, over a pooled HTTP transport."""
 
-    urllib3 directly rather than requests: this call sits on every fresh callback, and
-    requests' extra layers cost more CPU than the rest of the request put together.
-    """
-
-    def __init__(self, base_url: str, pool_size: int = 64) -> None:
-        self.reply_url = base_url.rstrip("/") + "/v1/reply"
-        self.health_url = base_url.rstrip("/") + "/health"
-        # block=False: a burst beyond the pool opens extra connections instead of queueing.
-        self.pool = urllib3.PoolManager(num_pools=2, maxsize=pool_size, block=False, retries=False)
+    def __init__(self, base_url: str, transport: Transport | None = None) -> None:
+        self.transport = transport or transport_for(base_url.rstrip("/"))
 
     def reply(
         self,
@@ -86,24 +88,137 @@ class AIClient:
         if whole:
             headers[PARTS_HEADER] = "all"
         body = json.dumps(message, ensure_ascii=False).encode("utf-8")
-        timeout = urllib3.Timeout(connect=_CONNECT_TIMEOUT_S, read=timeout_s + _READ_MARGIN_S)
-        try:
-            response = self.pool.request(
-                "POST", self.reply_url, body=body, headers=headers, timeout=timeout
-            )
-        except urllib3.exceptions.TimeoutError:
-            raise AIError("timeout", f"no answer within {timeout_s:.1f}s") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise AIError("connection", f"{type(exc).__name__}") from None
-        if response.status != 200:
-            raise AIError("http_status", f"AI API answered HTTP {response.status}")
-        return _validated_reply(response.data)
+        status, data = self.transport.post(REPLY_PATH, body, headers, timeout_s + _READ_MARGIN_S)
+        if status != 200:
+            raise AIError("http_status", f"AI API answered HTTP {status}")
+        return _validated_reply(data)
 
     def healthy(self, timeout_s: float = 0.5) -> bool:
         try:
-            return self.pool.request("GET", self.health_url, timeout=timeout_s).status == 200
-        except (urllib3.exceptions.HTTPError, OSError):
+            return self.transport.get(HEALTH_PATH, timeout_s) == 200
+        except AIError:
             return False
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class Transport(Protocol):
+    """HTTP to the AI API; failures are AIError("timeout") or AIError("connection")."""
+
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, bytes]: ...
+    def get(self, path: str, timeout_s: float) -> int: ...
+    def close(self) -> None: ...
+
+
+def transport_for(base_url: str, pool_size: int = POOL_SIZE) -> Transport:
+    """geventhttpclient in a gevent worker (production), urllib3 in threaded processes.
+
+    geventhttpclient parses HTTP in C and costs half the CPU of urllib3 per call, on
+    the path of every fresh message; its pool is made of gevent objects, which only
+    greenlets of one hub may share, so outside gevent (tests, tools) urllib3 serves.
+    """
+    if monkey.is_module_patched("socket"):
+        return GeventTransport(base_url, pool_size)
+    return Urllib3Transport(base_url, pool_size)
+
+
+class GeventTransport:
+    """geventhttpclient pools, one per whole-second read timeout.
+
+    The read timeout of a geventhttpclient pool is fixed when it is made, and a call
+    must not be cut by a `gevent.Timeout` instead (it would leak the pool's slot); the
+    gateway uses a handful of timeouts (the budget, the delivery windows), so a pool
+    each costs nothing.
+    """
+
+    def __init__(self, base_url: str, pool_size: int) -> None:
+        self.url = URL(base_url)
+        self.prefix = self.url.path.rstrip("/")
+        self.pool_size = pool_size
+        self._clients: dict[int, HTTPClient] = {}
+
+    def _client(self, timeout_s: float) -> HTTPClient:
+        whole_s = max(1, math.ceil(timeout_s))
+        client = self._clients.get(whole_s)
+        if client is None:
+            client = self._clients[whole_s] = HTTPClient.from_url(
+                self.url,
+                concurrency=self.pool_size,
+                connection_timeout=_CONNECT_TIMEOUT_S,
+                network_timeout=whole_s,
+            )
+        return client
+
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, bytes]:
+        return self._request("POST", path, body, headers, timeout_s)
+
+    def get(self, path: str, timeout_s: float) -> int:
+        return self._request("GET", path, b"", {}, timeout_s)[0]
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def _request(
+        self, method: str, path: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, bytes]:
+        try:
+            response = self._client(timeout_s).request(method, self.prefix + path, body, headers)
+            try:
+                return response.status_code, response.read()
+            finally:
+                response.release()
+        except TimeoutError:
+            raise AIError("timeout", f"no answer within {timeout_s:.1f}s") from None
+        except (OSError, HTTPParseError) as exc:
+            raise AIError("connection", type(exc).__name__) from None
+
+
+class Urllib3Transport:
+    """urllib3 directly rather than requests: fewer layers on a per-message call."""
+
+    def __init__(self, base_url: str, pool_size: int) -> None:
+        self.base_url = base_url
+        # block=False: a burst beyond the pool opens extra connections instead of queueing.
+        self.pool = urllib3.PoolManager(num_pools=2, maxsize=pool_size, block=False, retries=False)
+
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, bytes]:
+        return self._request("POST", path, body, headers, timeout_s)
+
+    def get(self, path: str, timeout_s: float) -> int:
+        return self._request("GET", path, None, {}, timeout_s)[0]
+
+    def close(self) -> None:
+        self.pool.clear()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout_s: float,
+    ) -> tuple[int, bytes]:
+        timeout = urllib3.Timeout(connect=_CONNECT_TIMEOUT_S, read=timeout_s)
+        try:
+            response = self.pool.request(
+                method, self.base_url + path, body=body, headers=headers, timeout=timeout
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # a TimeoutError subclass in urllib3
+            raise AIError("connection", type(exc).__name__) from None
+        except urllib3.exceptions.TimeoutError:
+            raise AIError("timeout", f"no answer within {timeout_s:.1f}s") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise AIError("connection", type(exc).__name__) from None
+        return response.status, response.data
 
 
 def _validated_reply(data: bytes) -> dict | None:

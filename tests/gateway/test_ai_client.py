@@ -1,0 +1,106 @@
+"""The AI API client over both transports: what the gateway sends, and how failures surface.
+
+The gevent worker uses geventhttpclient; threaded processes (these tests' Flask client,
+tools) use urllib3. Both must send the same request and map failures to the same
+AIError reasons, which label wechat_ai_errors_total and decide the fallback reply.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.processes import free_port
+from wechat_gateway.ai_client import (
+    AIClient,
+    AIError,
+    GeventTransport,
+    Urllib3Transport,
+    transport_for,
+)
+
+TRANSPORTS = {"gevent": GeventTransport, "urllib3": Urllib3Transport}
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+def client_for(request):
+    clients: list[AIClient] = []
+
+    def build(base_url: str) -> AIClient:
+        clients.append(AIClient(base_url, TRANSPORTS[request.param](base_url.rstrip("/"), 8)))
+        return clients[-1]
+
+    yield build
+    for client in clients:
+        client.close()
+
+
+MESSAGE = {"dedup_key": "k1", "type": "text", "content": "你好", "openid": "oUser"}
+
+
+def test_reply_sends_the_message_and_its_deadline(fake_ai, client_for):
+    client = client_for(fake_ai.url)
+    reply = client.reply(MESSAGE, 2.5, "req-1", whole=True)
+    assert reply == {"type": "text", "content": "答：你好"}
+    assert fake_ai.received[-1] == MESSAGE
+    headers = {k.lower(): v for k, v in fake_ai.headers[-1].items()}
+    assert headers["x-reply-deadline-ms"] == "2500"
+    assert headers["x-request-id"] == "req-1"
+    assert headers["x-reply-parts"] == "all"
+    assert headers["content-type"] == "application/json"
+
+
+def test_connections_are_reused(fake_ai, client_for):
+    client = client_for(fake_ai.url)
+    for _ in range(5):
+        client.reply(MESSAGE, 1.0)
+    assert fake_ai.connections_opened == 1
+
+
+def test_a_base_url_with_a_path_prefix(fake_ai, client_for):
+    client = client_for(fake_ai.url + "/prefix/")
+    client.reply(MESSAGE, 1.0)
+    assert fake_ai.paths[-1] == "/prefix/v1/reply"
+
+
+def test_no_answer_is_none(fake_ai, client_for):
+    fake_ai.reply_for = lambda message: None
+    assert client_for(fake_ai.url).reply(MESSAGE, 1.0) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (500, b'{"reply": {"type": "text", "content": "x"}}', "http_status"),
+        (200, b"not json", "bad_response"),
+        (200, b'{"answer": 1}', "bad_response"),
+        (200, b'{"reply": {"type": "video"}}', "bad_response"),
+    ],
+)
+def test_bad_answers_are_ai_errors(fake_ai, client_for, status, body, reason):
+    fake_ai.status, fake_ai.raw_body = status, body
+    with pytest.raises(AIError) as caught:
+        client_for(fake_ai.url).reply(MESSAGE, 1.0)
+    assert caught.value.reason == reason
+
+
+def test_a_slow_ai_api_is_a_timeout(fake_ai, client_for):
+    fake_ai.latency_s = 3.0
+    with pytest.raises(AIError) as caught:
+        client_for(fake_ai.url).reply(MESSAGE, 0.1)
+    assert caught.value.reason == "timeout"
+
+
+def test_nothing_listening_is_a_connection_error(client_for):
+    with pytest.raises(AIError) as caught:
+        client_for(f"http://127.0.0.1:{free_port()}").reply(MESSAGE, 1.0)
+    assert caught.value.reason == "connection"
+
+
+def test_health(fake_ai, client_for):
+    assert client_for(fake_ai.url).healthy()
+    assert not client_for(f"http://127.0.0.1:{free_port()}").healthy()
+
+
+def test_urllib3_outside_gevent():
+    """This test process is not monkey-patched: the gevent pool must not be picked here."""
+    assert isinstance(transport_for("http://127.0.0.1:1"), Urllib3Transport)
