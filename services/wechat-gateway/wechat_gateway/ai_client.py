@@ -13,12 +13,14 @@ import math
 import time
 from typing import Any, Protocol
 
+import orjson
 import urllib3
 from gevent import monkey
 from geventhttpclient import HTTPClient, HTTPParseError
 from geventhttpclient.url import URL
 
 from . import metrics
+from .metrics import labelled
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,10 @@ class AIClient:
         try:
             reply = self._post(message, deadline_s, timeout_s, request_id, whole)
         except AIError as exc:
-            metrics.AI_ERRORS.labels(reason=exc.reason).inc()
-            metrics.AI_LATENCY.labels(outcome="error").observe(time.monotonic() - started)
+            labelled(metrics.AI_ERRORS, exc.reason).inc()
+            labelled(metrics.AI_LATENCY, "error").observe(time.monotonic() - started)
             raise
-        metrics.AI_LATENCY.labels(outcome="ok").observe(time.monotonic() - started)
+        labelled(metrics.AI_LATENCY, "ok").observe(time.monotonic() - started)
         return reply
 
     def _post(
@@ -87,7 +89,8 @@ class AIClient:
         }
         if whole:
             headers[PARTS_HEADER] = "all"
-        body = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        # orjson: this runs for every fresh message; XML text holds no lone surrogates.
+        body = orjson.dumps(message)
         status, data = self.transport.post(REPLY_PATH, body, headers, timeout_s + _READ_MARGIN_S)
         if status != 200:
             raise AIError("http_status", f"AI API answered HTTP {status}")
@@ -223,9 +226,12 @@ class Urllib3Transport:
 
 def _validated_reply(data: bytes) -> dict | None:
     try:
-        document = json.loads(data)
-    except ValueError:
-        raise AIError("bad_response", "AI API answer is not JSON") from None
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses but json reads (a lone surrogate escape from an LLM)
+            document = json.loads(data)
+        except ValueError:
+            raise AIError("bad_response", "AI API answer is not JSON") from None
     if not isinstance(document, dict) or "reply" not in document:
         raise AIError("bad_response", "AI API answer has no 'reply'")
     reply = document["reply"]

@@ -36,6 +36,7 @@ from .ai_client import AIClient, AIError
 from .config import Settings
 from .customer_service import PART_BYTES
 from .dedup import ABANDONED, CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore
+from .metrics import labelled
 from .splitting import split_utf8
 
 log = logging.getLogger(__name__)
@@ -115,11 +116,9 @@ class Delivery:
             s.job_lease_s,
             parked_user=None if is_event else user_key(message),
         )
-        metrics.DELIVERY_ATTEMPTS.labels(
-            attempt=str(job.attempt) if job.attempt < 4 else "4+"
-        ).inc()
+        labelled(metrics.DELIVERY_ATTEMPTS, str(job.attempt) if job.attempt < 4 else "4+").inc()
         if not job.is_new:
-            metrics.DEDUP_HITS.labels(store=job.store).inc()
+            labelled(metrics.DEDUP_HITS, job.store).inc()
             log.debug("dedup hit", extra={"event": "dedup_hit", "attempt": job.attempt})
         elif job.parked is not None:  # the user's parked answer, instead of a new AI request
             job.answer = {**job.parked, "source": "parked"}
@@ -183,10 +182,10 @@ class Delivery:
         )
 
     def _count_reply(self, path: str, answer: dict[str, Any] | None) -> None:
-        metrics.REPLIES.labels(path=path).inc()
+        labelled(metrics.REPLIES, path).inc()
         started = (answer or {}).get("started_at")
         if started:
-            metrics.TIME_TO_ANSWER.labels(path=path).observe(max(0.0, self.clock() - started))
+            labelled(metrics.TIME_TO_ANSWER, path).observe(max(0.0, self.clock() - started))
 
     @staticmethod
     def _text(content: str) -> dict[str, Any] | None:

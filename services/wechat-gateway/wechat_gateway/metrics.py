@@ -5,6 +5,8 @@ mode: gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh directory befo
 worker imports this module, and /metrics aggregates every worker's files.
 """
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # 5 ms .. 5 s resolved finely (WeChat's cut is 5 s, the latency alert line is 1.5 s);
@@ -146,6 +148,13 @@ KNOWN_LABELS = {
     CUSTOM_SENDS: [("ok",), ("retried",), ("failed",), ("not_retryable",)],
     ACCESS_TOKEN_REFRESHES: [("ok",), ("error",)],
 }
+
+
+@functools.cache
+def labelled(metric, *label_values: str):
+    """`metric.labels(*label_values)`, looked up once: each lookup takes a lock, and the
+    hot path updates six labelled series per callback. Label values are bounded sets."""
+    return metric.labels(*label_values)
 
 
 def create_known_series() -> None:

@@ -13,16 +13,13 @@ import time
 from typing import Any
 
 from . import metrics
+from .metrics import labelled
 
 log = logging.getLogger("wechat_gateway")
 
 COUNTED_ROUTE = "/wechat"
 QUIET_ROUTES = frozenset({"/health", "/metrics"})
 _METHODS = frozenset({"GET", "POST"})
-
-# The labelled children, looked up once: this runs on every callback.
-_request_counters: dict[tuple[str, str, str], Any] = {}
-_latency_histograms: dict[str, Any] = {}
 
 
 def record(
@@ -64,12 +61,5 @@ def record(
 
 
 def _count(method: str, mode: str, outcome: str, latency_s: float) -> None:
-    key = (method, mode, outcome)
-    counter = _request_counters.get(key)
-    if counter is None:
-        counter = _request_counters[key] = metrics.REQUESTS.labels(*key)
-    counter.inc()
-    histogram = _latency_histograms.get(method)
-    if histogram is None:
-        histogram = _latency_histograms[method] = metrics.REQUEST_LATENCY.labels(method)
-    histogram.observe(latency_s)
+    labelled(metrics.REQUESTS, method, mode, outcome).inc()
+    labelled(metrics.REQUEST_LATENCY, method).observe(latency_s)
