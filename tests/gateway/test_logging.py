@@ -52,3 +52,41 @@ def test_an_unexpected_error_is_logged_with_its_stack_and_answered_success(make_
         line for line in log_lines(capsys.readouterr().err) if line.get("event") == "exception"
     ]
     assert errors and "RuntimeError: boom" in errors[0]["exc"]
+
+
+def test_the_request_line_writer_matches_the_formatters(capsys):
+    """write_info (the per-request line) prints what logger.info with `extra` prints."""
+    import logging
+    from datetime import datetime, timedelta
+
+    from wechat_gateway import logs
+
+    logger = logging.getLogger("wechat_gateway.test")
+    fields = {"event": "request", "status": 200, "user": "abc", "dedup_hit": True}
+    for fmt in ("json", "text"):
+        logs.configure("INFO", fmt)
+        logs.write_info(logger, "request", fields)
+        logger.info("request", extra=fields)
+        written, logged = capsys.readouterr().err.splitlines()
+        if fmt == "json":
+            written_doc, logged_doc = json.loads(written), json.loads(logged)
+            for doc in (written_doc, logged_doc):  # ISO 8601, UTC, milliseconds
+                stamp = datetime.fromisoformat(doc.pop("ts"))
+                assert stamp.utcoffset() == timedelta(0) and stamp.microsecond % 1000 == 0
+            assert (
+                written_doc
+                == logged_doc
+                == {
+                    "level": "info",
+                    "logger": "wechat_gateway.test",
+                    "pid": logged_doc["pid"],
+                    "msg": "request",
+                    **fields,
+                }
+            )
+        else:
+            assert written.split(" ", 2)[2] == logged.split(" ", 2)[2]
+            assert written.endswith(
+                "INFO    wechat_gateway.test: request event=request "
+                "status=200 user=abc dedup_hit=True"
+            )

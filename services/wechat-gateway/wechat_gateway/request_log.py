@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from . import metrics
+from . import logs, metrics
 from .metrics import labelled
 
 log = logging.getLogger("wechat_gateway")
@@ -44,9 +44,10 @@ def record(
             latency_s,
         )
     if log.isEnabledFor(logging.INFO):
-        log.info(
+        logs.write_info(
+            log,
             "request",
-            extra={
+            {
                 "event": "request",
                 "method": method,
                 "route": route,
