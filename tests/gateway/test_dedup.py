@@ -1,7 +1,12 @@
-"""wechat_gateway.dedup: the in-process store's bounds, the hand-off rules, and failover."""
+"""wechat_gateway.dedup: the in-process store's bounds, the hand-off rules, and failover.
+
+The rules every store must keep (attempts, hand-off, take-over, parked answers) run
+against the in-process store and against RedisStore on a real redis-server.
+"""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from wechat_gateway.dedup import (
@@ -9,6 +14,7 @@ from wechat_gateway.dedup import (
     PLACEHOLDER_SENT,
     FailoverStore,
     LocalStore,
+    RedisStore,
 )
 
 
@@ -20,8 +26,18 @@ class Clock:
         return self.now
 
 
-def test_claim_counts_attempts_and_only_the_first_is_new():
-    store = LocalStore(10)
+@pytest.fixture(params=["local", "redis"])
+def store(request):
+    if request.param == "local":
+        yield LocalStore(10)
+        return
+    server = request.getfixturevalue("redis_server")
+    client = redis.Redis.from_url(server.extra["url"])
+    yield RedisStore(client)
+    client.close()
+
+
+def test_claim_counts_attempts_and_only_the_first_is_new(store):
     first = store.claim("k", "owner-a", 1000.0, 120, 3.0)
     second = store.claim("k", "owner-b", 1005.0, 120, 3.0)
     assert (first.is_new, first.attempt) == (True, 1)
@@ -48,8 +64,7 @@ def test_capacity_evicts_the_least_recently_used_key():
     assert all(store.get(key) is not None for key in ("a", "c", "d"))
 
 
-def test_exactly_one_side_delivers_a_late_answer():
-    store = LocalStore(10)
+def test_exactly_one_side_delivers_a_late_answer(store):
     store.claim("late", "o", 1000.0, 120, 3.0)
     assert store.hand_off("late", PLACEHOLDER_SENT) is None  # the attempt gave up first
     assert store.finish("late", {"reply": "x"}) == {PLACEHOLDER_SENT}  # so the job parks it
@@ -58,8 +73,7 @@ def test_exactly_one_side_delivers_a_late_answer():
     assert store.hand_off("early", CUSTOM_PENDING) == {"reply": "y"}  # the attempt sends it
 
 
-def test_take_over_only_an_orphaned_unanswered_job():
-    store = LocalStore(10)
+def test_take_over_only_an_orphaned_unanswered_job(store):
     store.claim("k", "dead", 1000.0, 120, 3.0)
     assert store.take_over("k", "alive", 1002.0, 3.0) is False  # lease still valid
     assert store.take_over("k", "alive", 1003.5, 3.0) is True
@@ -68,8 +82,7 @@ def test_take_over_only_an_orphaned_unanswered_job():
     assert store.take_over("k", "third", 2000.0, 3.0) is False  # answered: nothing to take
 
 
-def test_parked_answers_queue_per_user_and_a_new_claim_pops_one():
-    store = LocalStore(10)
+def test_parked_answers_queue_per_user_and_a_new_claim_pops_one(store):
     store.park("u", {"n": 1}, 60)
     store.park("u", {"n": 2}, 60)
     job = store.claim("k", "o", 1000.0, 120, 3.0, parked_user="u")

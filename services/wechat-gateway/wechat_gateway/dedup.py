@@ -216,6 +216,11 @@ end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {claimed and 1 or 0, parked, redis.call('HGETALL', KEYS[2])}
 """
+# Store the answer and read the hand-off flags in one atomic step (see hand_off).
+_FINISH = """
+redis.call('HSET', KEYS[1], 'answer', ARGV[1])
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
+"""
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'lease_until', ARGV[2]) return 1 end
@@ -238,6 +243,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
         self._renew = client.register_script(_RENEW)
         self._take_over = client.register_script(_TAKE_OVER)
 
@@ -296,10 +302,10 @@ class RedisStore:
         )
 
     def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self._job_key(key), "answer", json.dumps(answer, ensure_ascii=False))
-        pipe.hmget(self._job_key(key), list(HANDOFF_FLAGS))
-        _, flags = pipe.execute()
+        flags = self._finish(
+            keys=[self._job_key(key)],
+            args=[json.dumps(answer, ensure_ascii=False), *HANDOFF_FLAGS],
+        )
         return {flag for flag, value in zip(HANDOFF_FLAGS, flags, strict=True) if value}
 
     def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
