@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from . import envelope, messages, replies, request_log
 from .errors import GatewayError, PayloadTooLarge
@@ -63,10 +63,17 @@ class Answer:
 
 
 def query_params(environ: WSGIEnvironment) -> dict[str, str]:
-    """The query string as a dict; a repeated name keeps its first value, as Flask's args do."""
+    """The query string as a dict; a repeated name keeps its first value, as Flask's args do.
+
+    WeChat's parameters are digits, hex and letters: only an escaped one is unquoted.
+    """
     params: dict[str, str] = {}
-    for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
-        params.setdefault(name, value)
+    for pair in environ.get("QUERY_STRING", "").split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in pair or "+" in pair:
+            name, value = unquote_plus(name), unquote_plus(value)
+        if name and name not in params:
+            params[name] = value
     return params
 
 

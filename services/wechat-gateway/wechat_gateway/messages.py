@@ -91,10 +91,11 @@ def normalize(fields: dict[str, str]) -> dict[str, Any]:
         "account_id": fields["ToUserName"],
         "create_time": create_time,
     }
-    for tag, (name, convert) in _FIELDS.items():
-        value = fields.get(tag)
-        if not value:
-            continue  # absent or empty: an empty <Recognition/> means "no recognition"
+    for tag, value in fields.items():
+        spec = _FIELDS.get(tag)
+        if spec is None or not value:
+            continue  # not a field we map, or empty: an empty <Recognition/> is "none"
+        name, convert = spec
         try:
             message[name] = convert(value)
         except ValueError:
