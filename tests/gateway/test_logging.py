@@ -90,3 +90,14 @@ def test_the_request_line_writer_matches_the_formatters(capsys):
                 "INFO    wechat_gateway.test: request event=request "
                 "status=200 user=abc dedup_hit=True"
             )
+
+
+def test_lines_keep_the_separators_operators_grep_for(capsys):
+    """The runbook greps for '"event": "signature_fail"': the format is an interface."""
+    import logging
+
+    from wechat_gateway import logs
+
+    logs.configure("INFO", "json")
+    logs.write_info(logging.getLogger("wechat_gateway"), "request", {"event": "request"})
+    assert '"event": "request"' in capsys.readouterr().err

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.support.processes import start_gateway
+from tests.support.processes import gateway_request_lines, start_gateway
 from tests.support.wechat import Account, WeChatSimulator, text_message
 
 pytestmark = pytest.mark.integration
@@ -26,11 +25,7 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 
 def request_pids(log: str) -> set[int]:
-    return {
-        json.loads(line)["pid"]
-        for line in log.splitlines()
-        if line.startswith("{") and '"event": "request"' in line
-    }
+    return {line["pid"] for line in gateway_request_lines(log)}
 
 
 def test_metrics_add_up_across_two_workers(tmp_path, fake_ai):

@@ -365,14 +365,20 @@ def start_nginx(conf: Path, log_dir: Path, https_port: int) -> Process:
     return start_process(f"nginx-{https_port}", argv, log_dir, port=https_port)
 
 
-def gateway_request_lines(log_text: str, route: str = "/wechat") -> list[dict]:
-    """The gateway's structured request lines (LOG_FORMAT=json) for one route, in log order."""
+def gateway_log_lines(log_text: str) -> list[dict]:
+    """The gateway's structured log lines (LOG_FORMAT=json), in log order; Gunicorn's own
+    plain-text lines are skipped."""
     lines = []
     for raw in log_text.splitlines():
         try:
             doc = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(doc, dict) and doc.get("route") == route:
+        if isinstance(doc, dict):
             lines.append(doc)
     return lines
+
+
+def gateway_request_lines(log_text: str, route: str = "/wechat") -> list[dict]:
+    """The gateway's request lines for one route, in log order."""
+    return [doc for doc in gateway_log_lines(log_text) if doc.get("route") == route]
