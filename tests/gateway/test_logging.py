@@ -101,3 +101,25 @@ def test_lines_keep_the_separators_operators_grep_for(capsys):
     logs.configure("INFO", "json")
     logs.write_info(logging.getLogger("wechat_gateway"), "request", {"event": "request"})
     assert '"event": "request"' in capsys.readouterr().err
+
+
+class BrokenStream:
+    def write(self, text):
+        raise OSError("disk full")
+
+    def flush(self):
+        pass
+
+
+def test_a_failing_log_stream_costs_no_reply(gateway, monkeypatch):
+    """Writing the request line fails (disk full, closed pipe): the user still gets the answer."""
+    import logging
+
+    from wechat_gateway import logs
+
+    monkeypatch.setattr(logs._handler, "stream", BrokenStream())
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # logging's own report, silenced
+    logs.write_info(logging.getLogger("wechat_gateway"), "request", {})  # does not raise
+    response = gateway.post(text_message("你好"))
+    assert response.status_code == 200
+    assert gateway.reply_of(response)["Content"] == "答：你好"

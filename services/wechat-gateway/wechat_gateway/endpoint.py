@@ -110,15 +110,18 @@ class WeChatEndpoint:
             log.exception("unhandled error", extra={"event": "exception", "request_id": request_id})
             # A bug must not reach WeChat as an error page ("该公众号暂时无法提供服务").
             answer.send(200, replies.SUCCESS).fields["outcome"] = "error"
-        request_log.record(
-            method,
-            PATH,
-            answer.status,
-            started,
-            environ.get("REMOTE_ADDR"),
-            request_id,
-            answer.fields,
-        )
+        try:
+            request_log.record(
+                method,
+                PATH,
+                answer.status,
+                started,
+                environ.get("REMOTE_ADDR"),
+                request_id,
+                answer.fields,
+            )
+        except Exception:  # the user's answer is ready: the log line must not cost it
+            log.exception("request log failed", extra={"event": "exception"})
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
         start_response(
             _STATUS_LINES.get(answer.status, str(answer.status)), headers + answer.headers

@@ -99,17 +99,21 @@ def write_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> 
     """An INFO line through the configured handler, without a LogRecord.
 
     For the one line every request writes: building and dispatching a LogRecord costs
-    more than formatting the line (measured under load). Same handler, format and level.
+    more than formatting the line (measured under load). Same handler, format and level;
+    like logging, it never raises: a failure goes through logging, which reports it.
     """
     handler = _handler
     if handler is None or not logger.isEnabledFor(logging.INFO):
         logger.info(message, extra=fields)
         return
-    formatter = cast(JsonFormatter | TextFormatter, handler.formatter)
-    line = formatter.format_fields(time.time(), "INFO", logger.name, message, fields)
-    with handler.lock:  # type: ignore[union-attr]
-        handler.stream.write(line + "\n")
-        handler.stream.flush()
+    try:
+        formatter = cast(JsonFormatter | TextFormatter, handler.formatter)
+        line = formatter.format_fields(time.time(), "INFO", logger.name, message, fields)
+        with handler.lock:  # type: ignore[union-attr]
+            handler.stream.write(line + "\n")
+            handler.stream.flush()
+    except Exception:
+        logger.info(message, extra=fields)
 
 
 def configure(level: str, fmt: str) -> None:
