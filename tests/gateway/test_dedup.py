@@ -44,6 +44,16 @@ def test_claim_counts_attempts_and_only_the_first_is_new(store):
     assert (second.is_new, second.attempt, second.owner) == (False, 2, "owner-a")
 
 
+def test_a_retry_claims_the_stored_answer_and_the_owner(store):
+    first = store.claim("k", "owner-a", 1000.0, 120, 3.0)
+    assert first.answer is None and (first.started_at, first.lease_until) == (1000.0, 1003.0)
+    store.finish("k", {"reply": {"type": "text", "content": "答"}})
+    retry = store.claim("k", "owner-b", 1005.0, 120, 3.0)
+    assert retry.answer == {"reply": {"type": "text", "content": "答"}}
+    assert (retry.owner, retry.started_at, retry.attempt) == ("owner-a", 1000.0, 2)
+    assert store.get("missing") is None
+
+
 def test_keys_expire_after_the_window():
     clock = Clock()
     store = LocalStore(10, clock=clock)

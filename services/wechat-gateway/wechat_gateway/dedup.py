@@ -204,7 +204,10 @@ class LocalStore:
 
 
 # One round trip for every attempt: claim with SET NX EX, count the attempt, and on a new
-# claim take the user's oldest parked answer. Returns {claimed, parked or "", job fields}.
+# claim take the user's oldest parked answer. Returns a flat array (fewer elements to
+# parse than HGETALL: this runs on every callback): claimed, parked or "", then the
+# job's fields in _JOB_FIELDS order, "" for a missing one.
+_JOB_FIELDS = ("attempts", "owner", "started_at", "lease_until", "answer")
 _CLAIM = """
 local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
@@ -214,7 +217,9 @@ if claimed then
   if KEYS[3] ~= '' then parked = redis.call('LPOP', KEYS[3]) or '' end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {claimed and 1 or 0, parked, redis.call('HGETALL', KEYS[2])}
+local job = redis.call('HMGET', KEYS[2], 'attempts', 'owner', 'started_at', 'lease_until', 'answer')
+return {claimed and 1 or 0, parked, job[1] or '', job[2] or '', job[3] or '', job[4] or '',
+        job[5] or ''}
 """
 # Store the answer and read the hand-off flags in one atomic step (see hand_off).
 _FINISH = """
@@ -256,17 +261,18 @@ class RedisStore:
     def _parked_key(self, user: str) -> str:
         return f"{self.prefix}:parked:{user}"
 
-    def _view(self, key: str, raw: dict[bytes, bytes], is_new: bool) -> Job:
-        state = {k.decode(): v.decode() for k, v in raw.items()}
-        answer = json.loads(state["answer"]) if "answer" in state else None
+    @staticmethod
+    def _view(key: str, values: list[bytes | None], is_new: bool) -> Job:
+        """A Job from the values of _JOB_FIELDS (None or b"" where a field is missing)."""
+        attempts, owner, started_at, lease_until, answer = values
         return Job(
             key,
             is_new,
-            int(state.get("attempts", 1)),
-            state.get("owner", ""),
-            float(state.get("started_at", 0)),
-            float(state.get("lease_until", 0)),
-            answer,
+            int(attempts or 1),
+            owner.decode() if owner else "",
+            float(started_at or 0),
+            float(lease_until or 0),
+            json.loads(answer) if answer else None,
             "redis",
         )
 
@@ -280,18 +286,17 @@ class RedisStore:
         parked_user: str | None = None,
     ) -> Job:
         parked_key = self._parked_key(parked_user) if parked_user is not None else ""
-        claimed, parked, flat = self._claim(
+        claimed, parked, *values = self._claim(
             keys=[self._claim_key(key), self._job_key(key), parked_key],
             args=[owner, repr(now), repr(now + lease_s), window_s],
         )
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        job = self._view(key, raw, bool(claimed))
+        job = self._view(key, values, bool(claimed))
         job.parked = json.loads(parked) if parked else None
         return job
 
     def get(self, key: str) -> Job | None:
-        raw = cast(dict[bytes, bytes], self.client.hgetall(self._job_key(key)))
-        return self._view(key, raw, False) if raw else None
+        values = cast(list[bytes | None], self.client.hmget(self._job_key(key), _JOB_FIELDS))
+        return self._view(key, values, False) if values[1] else None  # no owner: no job
 
     def renew(self, key: str, owner: str, lease_until: float) -> bool:
         return bool(self._renew(keys=[self._job_key(key)], args=[owner, repr(lease_until)]))
