@@ -13,7 +13,6 @@ import math
 import time
 from typing import Any, Protocol
 
-import orjson
 import urllib3
 from gevent import monkey
 from geventhttpclient import HTTPClient, HTTPParseError
@@ -89,8 +88,7 @@ class AIClient:
         }
         if whole:
             headers[PARTS_HEADER] = "all"
-        # orjson: this runs for every fresh message; XML text holds no lone surrogates.
-        body = orjson.dumps(message)
+        body = json.dumps(message, ensure_ascii=False).encode("utf-8")
         status, data = self.transport.post(REPLY_PATH, body, headers, timeout_s + _READ_MARGIN_S)
         if status != 200:
             raise AIError("http_status", f"AI API answered HTTP {status}")
@@ -226,12 +224,9 @@ class Urllib3Transport:
 
 def _validated_reply(data: bytes) -> dict | None:
     try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        try:  # what orjson refuses but json reads (a lone surrogate escape from an LLM)
-            document = json.loads(data)
-        except ValueError:
-            raise AIError("bad_response", "AI API answer is not JSON") from None
+        document = json.loads(data)
+    except ValueError:
+        raise AIError("bad_response", "AI API answer is not JSON") from None
     if not isinstance(document, dict) or "reply" not in document:
         raise AIError("bad_response", "AI API answer has no 'reply'")
     reply = document["reply"]
