@@ -10,7 +10,7 @@ import io
 import pytest
 
 from tests.support.wechat import DEV_TOKEN, sign
-from wechat_gateway.endpoint import query_params, request_id_of
+from wechat_gateway.endpoint import query_params, request_id_of, status_line
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,9 @@ def test_a_body_of_unknown_length_over_the_limit_is_413(make_gateway):
     statuses = []
     gateway.app(environ, lambda status, headers: statuses.append(status))
     assert statuses == ["413 REQUEST ENTITY TOO LARGE"]
+
+
+def test_every_status_gets_a_reason_phrase():
+    assert status_line(200) == "200 OK"
+    assert status_line(413) == "413 REQUEST ENTITY TOO LARGE"
+    assert status_line(429) == "429 TOO MANY REQUESTS"

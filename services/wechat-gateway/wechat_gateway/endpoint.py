@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -77,6 +78,10 @@ def query_params(environ: WSGIEnvironment) -> dict[str, str]:
     return params
 
 
+def status_line(status: int) -> str:
+    return _STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase.upper()}"
+
+
 def request_id_of(environ: WSGIEnvironment) -> str:
     """Nginx's X-Request-Id when it sent one, so both log lines of a request match."""
     return environ.get("HTTP_X_REQUEST_ID") or os.urandom(8).hex()
@@ -123,9 +128,7 @@ class WeChatEndpoint:
         except Exception:  # the user's answer is ready: the log line must not cost it
             log.exception("request log failed", extra={"event": "exception"})
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
-        start_response(
-            _STATUS_LINES.get(answer.status, str(answer.status)), headers + answer.headers
-        )
+        start_response(status_line(answer.status), headers + answer.headers)
         return [] if method == "HEAD" else [answer.body]
 
     def _verify_url(self, environ: WSGIEnvironment, answer: Answer) -> None:
