@@ -29,7 +29,10 @@ def test_query_params(query, expected):
 
 
 def test_request_id_comes_from_nginx_when_it_sent_one():
-    assert request_id_of({"HTTP_X_REQUEST_ID": "abc"}) == "abc"
+    nginx_id = "0f4c2a9e8b7d6c5b4a39281706f5e4d3"  # Nginx's $request_id: 32 hex digits
+    assert request_id_of({"HTTP_X_REQUEST_ID": nginx_id}) == nginx_id
+    for odd in ("a b", "x" * 65, "id\x01", "雪"):  # not a plain token: replaced by ours
+        assert len(request_id_of({"HTTP_X_REQUEST_ID": odd})) == 16
     ours = {request_id_of({}) for _ in range(100)}
     assert len(ours) == 100 and all(len(rid) == 16 for rid in ours)
 

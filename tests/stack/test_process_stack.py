@@ -7,6 +7,8 @@ the gateway address).
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import socket
 import ssl
@@ -163,6 +165,25 @@ def test_gateway_sees_the_real_client_address(stack: Stack, account: Account, ce
     wait_until(lambda: len(gateway_lines(stack)) > before, 5, "the gateway's request line")
     new = gateway_lines(stack)[before:]
     assert [line["client_ip"] for line in new] == [CLIENT_ADDR], new
+
+
+def test_nginx_and_gateway_lines_share_the_request_id(
+    stack: Stack, account: Account, cert: Path
+) -> None:
+    """Nginx's $request_id reaches the gateway: an operator joins the two log lines on it."""
+    sim = simulator(stack, account, cert)
+    before = len(gateway_lines(stack))
+    attempt = sim.post(text_message("trace me", openid="oStackUser3"))
+    assert attempt.verdict == "reply", (attempt.status, attempt.body[:300])
+    wait_until(lambda: len(gateway_lines(stack)) > before, 5, "the gateway's request line")
+    (line,) = gateway_lines(stack)[before:]
+    assert re.fullmatch(r"[0-9a-f]{32}", line["request_id"]), line
+    access_log = stack.nginx_dir / "access.log"
+    wait_until(lambda: line["request_id"] in access_log.read_text(), 5, "nginx's access line")
+    (access,) = [
+        json.loads(raw) for raw in access_log.read_text().splitlines() if line["request_id"] in raw
+    ]
+    assert access["uri"] == "/wechat" and access["status"] == 200
 
 
 def test_stub_status_answers_on_the_internal_port(client: requests.Session, stack: Stack) -> None:

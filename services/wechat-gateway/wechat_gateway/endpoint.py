@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -44,6 +45,7 @@ _STATUS_LINES = {
     503: "503 SERVICE UNAVAILABLE",
 }
 _ALLOWED = "GET, HEAD, POST"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class Answer:
@@ -83,8 +85,15 @@ def status_line(status: int) -> str:
 
 
 def request_id_of(environ: WSGIEnvironment) -> str:
-    """Nginx's X-Request-Id when it sent one, so both log lines of a request match."""
-    return environ.get("HTTP_X_REQUEST_ID") or os.urandom(8).hex()
+    """Nginx's X-Request-Id when it sent one, so both log lines of a request match.
+
+    It travels on to the AI API's headers and into the logs, so only a plain token is
+    taken; anything else (a client talking to the gateway directly) gets our own id.
+    """
+    given = environ.get("HTTP_X_REQUEST_ID")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(8).hex()
 
 
 class WeChatEndpoint:
