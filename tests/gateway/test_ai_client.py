@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.processes import free_port
+from tests.support.fake_ai import FakeAI
+from tests.support.processes import free_port, make_self_signed_cert
 from wechat_gateway.ai_client import (
     AIClient,
     AIError,
@@ -94,6 +95,24 @@ def test_nothing_listening_is_a_connection_error(client_for):
     with pytest.raises(AIError) as caught:
         client_for(f"http://127.0.0.1:{free_port()}").reply(MESSAGE, 1.0)
     assert caught.value.reason == "connection"
+
+
+def test_an_untrusted_certificate_is_refused(tmp_path, client_for):
+    """HTTPS to the AI API verifies its certificate: a self-signed one is a connection error."""
+    cert = make_self_signed_cert(tmp_path)
+    ai = FakeAI().use_tls(cert, tmp_path / "privkey.pem").start()
+    try:
+        with pytest.raises(AIError) as caught:
+            client_for(ai.url).reply(MESSAGE, 1.0)
+        assert caught.value.reason == "connection" and ai.received == []
+    finally:
+        ai.stop()
+
+
+def test_a_header_with_a_line_break_is_never_sent():
+    transport = GeventTransport("http://127.0.0.1:1", 1)
+    with pytest.raises(ValueError, match="line break"):
+        transport.post("/v1/reply", b"{}", {"X-Request-Id": "a\r\nX-Evil: 1"}, 1.0)
 
 
 def test_health(fake_ai, client_for):
