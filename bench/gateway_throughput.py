@@ -356,7 +356,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     for t in targets:
-        out.write(f"  {verdict(t['ok'])}  {t['target']}: {t['value']:.2f}\n")
+        out.write(f"  {verdict(t['ok'])}  {t['target']}: {t['value']:.3f}\n")
     return targets
 
 
