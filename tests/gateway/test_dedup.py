@@ -54,6 +54,15 @@ def test_a_retry_claims_the_stored_answer_and_the_owner(store):
     assert store.get("missing") is None
 
 
+def test_finishing_an_expired_job_does_not_bring_it_back(store):
+    """An answer later than the dedup window: nothing waits for it, and no key without
+    an expiry is left behind."""
+    assert store.finish("gone", {"reply": None}) == set()
+    assert store.get("gone") is None
+    if isinstance(store, RedisStore):
+        assert store.client.keys("*gone*") == []
+
+
 def test_keys_expire_after_the_window():
     clock = Clock()
     store = LocalStore(10, clock=clock)

@@ -206,7 +206,7 @@ class LocalStore:
 # One round trip for every attempt: claim with SET NX EX, count the attempt, and on a new
 # claim take the user's oldest parked answer. Returns a flat array (fewer elements to
 # parse than HGETALL: this runs on every callback): claimed, parked or "", then the
-# job's fields in _JOB_FIELDS order, "" for a missing one.
+# job's fields named in ARGV[5..] (_JOB_FIELDS), "" for a missing one.
 _JOB_FIELDS = ("attempts", "owner", "started_at", "lease_until", "answer")
 _CLAIM = """
 local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4])
@@ -217,12 +217,15 @@ if claimed then
   if KEYS[3] ~= '' then parked = redis.call('LPOP', KEYS[3]) or '' end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-local job = redis.call('HMGET', KEYS[2], 'attempts', 'owner', 'started_at', 'lease_until', 'answer')
-return {claimed and 1 or 0, parked, job[1] or '', job[2] or '', job[3] or '', job[4] or '',
-        job[5] or ''}
+local job = redis.call('HMGET', KEYS[2], unpack(ARGV, 5))
+local reply = {claimed and 1 or 0, parked}
+for i = 1, #ARGV - 4 do reply[#reply + 1] = job[i] or '' end
+return reply
 """
-# Store the answer and read the hand-off flags in one atomic step (see hand_off).
+# Store the answer and read the hand-off flags in one atomic step (see hand_off). A job
+# whose window already expired is not recreated (it would have no expiry).
 _FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], 'answer', ARGV[1])
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
 """
@@ -288,7 +291,7 @@ class RedisStore:
         parked_key = self._parked_key(parked_user) if parked_user is not None else ""
         claimed, parked, *values = self._claim(
             keys=[self._claim_key(key), self._job_key(key), parked_key],
-            args=[owner, repr(now), repr(now + lease_s), window_s],
+            args=[owner, repr(now), repr(now + lease_s), window_s, *_JOB_FIELDS],
         )
         job = self._view(key, values, bool(claimed))
         job.parked = json.loads(parked) if parked else None
@@ -311,6 +314,8 @@ class RedisStore:
             keys=[self._job_key(key)],
             args=[json.dumps(answer, ensure_ascii=False), *HANDOFF_FLAGS],
         )
+        if not flags:  # the job's window had expired
+            return set()
         return {flag for flag, value in zip(HANDOFF_FLAGS, flags, strict=True) if value}
 
     def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
