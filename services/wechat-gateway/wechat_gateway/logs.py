@@ -25,14 +25,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.format_fields(
-            record.created, record.levelname, record.name, record.getMessage(), extras(record)
+        fields = extras(record)
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        return self.format_fields(
+            record.created, record.levelname, record.name, record.getMessage(), fields
         )
-        if record.exc_info:  # rare: decode, add the stack, encode again
-            document = json.loads(line)
-            document["exc"] = self.formatException(record.exc_info)
-            line = _dumps(document)
-        return line
 
     @staticmethod
     def format_fields(
@@ -46,12 +44,8 @@ class JsonFormatter(logging.Formatter):
             "msg": message,
         }
         document.update(fields)
-        return _dumps(document)
-
-
-def _dumps(document: dict[str, Any]) -> str:
-    # The json module's own separators ('"event": "x"'): operators grep for them (runbook).
-    return json.dumps(document, ensure_ascii=False, default=str)
+        # The json module's own separators ('"event": "x"'): operators grep for them (runbook).
+        return json.dumps(document, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -102,8 +96,10 @@ def write_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> 
     more than formatting the line (measured under load). Same handler, format and level;
     like logging, it never raises: a failure goes through logging, which reports it.
     """
+    if not logger.isEnabledFor(logging.INFO):
+        return
     handler = _handler
-    if handler is None or not logger.isEnabledFor(logging.INFO):
+    if handler is None:  # configure() not called: whatever logging is set up takes it
         logger.info(message, extra=fields)
         return
     try:

@@ -43,22 +43,21 @@ def record(
             outcome,
             latency_s,
         )
-    if log.isEnabledFor(logging.INFO):
-        logs.write_info(
-            log,
-            "request",
-            {
-                "event": "request",
-                "method": method,
-                "route": route,
-                "status": status,
-                "latency_ms": round(latency_s * 1000, 1),
-                "client_ip": client_ip,
-                "request_id": request_id,
-                **fields,
-                "outcome": outcome,
-            },
-        )
+    logs.write_info(
+        log,
+        "request",
+        {
+            "event": "request",
+            "method": method,
+            "route": route,
+            "status": status,
+            "latency_ms": round(latency_s * 1000, 1),
+            "client_ip": client_ip,
+            "request_id": request_id,
+            **fields,
+            "outcome": outcome,
+        },
+    )
 
 
 def _count(method: str, mode: str, outcome: str, latency_s: float) -> None:
