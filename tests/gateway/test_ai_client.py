@@ -7,10 +7,13 @@ AIError reasons, which label wechat_ai_errors_total and decide the fallback repl
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.support.fake_ai import FakeAI
-from tests.support.processes import free_port, make_self_signed_cert
+from tests.support.processes import GATEWAY_DIR, free_port, make_self_signed_cert
 from wechat_gateway.ai_client import (
     AIClient,
     AIError,
@@ -123,3 +126,16 @@ def test_health(fake_ai, client_for):
 def test_urllib3_outside_gevent():
     """This test process is not monkey-patched: the gevent pool must not be picked here."""
     assert isinstance(transport_for("http://127.0.0.1:1"), Urllib3Transport)
+
+
+def test_geventhttpclient_in_a_gevent_worker():
+    """What Gunicorn's gevent worker does before loading the app, in a process of its own."""
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from wechat_gateway.ai_client import transport_for\n"
+        "print(type(transport_for('http://127.0.0.1:1')).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=GATEWAY_DIR, check=True
+    )
+    assert done.stdout.strip() == "GeventTransport"

@@ -16,10 +16,7 @@ from tests.ai_api.fake_llm import FakeLLM
 from tests.support.processes import (
     AI_API_DIR,
     VENV_BIN,
-    free_port,
-    http_ok,
     start_ai_api,
-    start_process,
     wait_until,
 )
 
@@ -113,29 +110,9 @@ def test_bad_configuration_stops_start_up_naming_the_variable(tmp_path):
 def test_two_workers_aggregate_metrics_in_multiprocess_mode(tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
-    port = free_port()
-    proc = start_process(
-        f"ai-api-workers-{port}",
-        [
-            str(VENV_BIN / "uvicorn"),
-            "celestial_nexus.api:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--no-access-log",
-        ],
-        tmp_path,
-        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
-        cwd=AI_API_DIR,
-        port=port,
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
-        ready_timeout_s=60,
-    )
+    proc = start_ai_api(tmp_path, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}, workers=2)
     try:
-        url = f"http://127.0.0.1:{port}"
+        url = proc.extra["url"]
         for _ in range(6):
             post(url, text_message("帮助"))
         metrics = get(url, "/metrics")

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.test_gateway_metrics import metric_sum
+from tests.support.exposition import metric_sum
 from tests.support.processes import free_port, start_gateway, wait_until
 from tests.support.wechat import Account, WeChatSimulator, text_message
 

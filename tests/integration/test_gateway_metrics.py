@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from tests.support.exposition import metric_sum
 from tests.support.processes import gateway_request_lines, start_gateway
 from tests.support.wechat import Account, WeChatSimulator, text_message
 
 pytestmark = pytest.mark.integration
 ACCOUNT = Account()
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and all(f'{k}="{v}"' in match.group(1) for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def request_pids(log: str) -> set[int]:

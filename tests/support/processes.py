@@ -224,7 +224,11 @@ def _health_answers(url: str) -> bool:
 
 
 def start_ai_api(
-    log_dir: Path, env: Mapping[str, str] | None = None, *, port: int | None = None
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    port: int | None = None,
+    workers: int = 1,
 ) -> Process:
     """The AI API under Uvicorn, on 127.0.0.1."""
     port = port or free_port()
@@ -237,6 +241,8 @@ def start_ai_api(
         str(port),
         "--no-access-log",
     ]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     proc = start_process(
         f"ai-api-{port}",
         argv,
