@@ -123,3 +123,26 @@ def test_a_failing_log_stream_costs_no_reply(gateway, monkeypatch):
     response = gateway.post(text_message("你好"))
     assert response.status_code == 200
     assert gateway.reply_of(response)["Content"] == "答：你好"
+
+
+def test_every_route_logs_the_address_nginx_forwarded(make_gateway, capsys):
+    """One proxy in front: the last X-Forwarded-For entry is the client, on every route."""
+    gateway = make_gateway(debug_endpoints=True)
+    forwarded = {"X-Forwarded-For": "198.51.100.7, 203.0.113.9"}  # the client forged the first
+    params = {
+        "timestamp": "1",
+        "nonce": "2",
+        "echostr": "hi",
+        "signature": sign(DEV_TOKEN, "1", "2"),
+    }
+    gateway.client.get("/wechat", query_string=params, headers=forwarded)
+    gateway.client.get("/_debug_signature?timestamp=1&nonce=2", headers=forwarded)
+    gateway.client.get("/wechat", query_string=params, headers={"X-Forwarded-For": " "})
+    requests_logged = [
+        line for line in log_lines(capsys.readouterr().err) if line.get("event") == "request"
+    ]
+    assert [(line["route"], line["client_ip"]) for line in requests_logged] == [
+        ("/wechat", "203.0.113.9"),
+        ("/_debug_signature", "203.0.113.9"),
+        ("/wechat", "127.0.0.1"),  # an empty header: the socket's address
+    ]

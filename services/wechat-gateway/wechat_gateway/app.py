@@ -105,10 +105,10 @@ def create_app(settings: Settings | None = None, *, sender: CustomSender | None 
     app.register_error_handler(HTTPException, lambda e: e)
     app.register_error_handler(Exception, views.handle_unexpected)
     app.after_request(_log_and_count)
-    # /wechat is served ahead of Flask (endpoint.py). Exactly one proxy (Nginx) sits in
-    # front: trust one hop of X-Forwarded-For/-Proto.
-    app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-        WeChatEndpoint(services, app.wsgi_app), x_for=1, x_proto=1
+    # /wechat is served ahead of Flask (endpoint.py), which reads the client address the
+    # same way. Exactly one proxy (Nginx) sits in front: trust one hop of X-Forwarded-*.
+    app.wsgi_app = WeChatEndpoint(  # type: ignore[method-assign]
+        services, ProxyFix(app.wsgi_app, x_for=1, x_proto=1)
     )
     _log_startup(settings)
     return app

@@ -84,6 +84,21 @@ def status_line(status: int) -> str:
     return _STATUS_LINES.get(status) or f"{status} {HTTPStatus(status).phrase.upper()}"
 
 
+def client_ip_of(environ: WSGIEnvironment) -> str | None:
+    """The caller's address as the Flask routes see it through ProxyFix(x_for=1).
+
+    Exactly one proxy (Nginx) sits in front and sets X-Forwarded-For to the address it
+    saw: the last entry is the one to trust. Read here rather than through ProxyFix,
+    which would rewrite the whole environ of every callback for this one log field.
+    """
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    if forwarded:
+        last_hop = forwarded.rpartition(",")[2].strip()
+        if last_hop:
+            return last_hop
+    return environ.get("REMOTE_ADDR")
+
+
 def request_id_of(environ: WSGIEnvironment) -> str:
     """Nginx's X-Request-Id when it sent one, so both log lines of a request match.
 
@@ -130,7 +145,7 @@ class WeChatEndpoint:
                 PATH,
                 answer.status,
                 started,
-                environ.get("REMOTE_ADDR"),
+                client_ip_of(environ),
                 request_id,
                 answer.fields,
             )

@@ -52,9 +52,9 @@ def render_reply(
 ) -> str | None:
     """XML for an AI API reply document (text, image, news), or None when it cannot be sent."""
     kind = reply.get("type")
-    header = _header(to_user, from_user, create_time, str(kind))
     if kind == "text" and reply.get("content"):
         return render_text(to_user, from_user, create_time, str(reply["content"]))
+    header = _header(to_user, from_user, create_time, str(kind))
     if kind == "image" and reply.get("media_id"):
         return (
             f"<xml>{header}<Image><MediaId>{cdata(str(reply['media_id']))}</MediaId></Image></xml>"
