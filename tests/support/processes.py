@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -33,15 +34,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def unavailable(reason: str) -> NoReturn:
+    """A test cannot run here: skipped on a laptop, failed under CI, which must run it."""
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
 def require_binary(name: str, install_hint: str = "") -> str:
     """Return the path of `name`; skip the test without it, or fail under CI."""
     path = shutil.which(name) or (str(VENV_BIN / name) if (VENV_BIN / name).exists() else None)
     if path:
         return path
-    reason = f"{name} is not installed ({install_hint or 'see .ci/run'})"
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
+    unavailable(f"{name} is not installed ({install_hint or 'see .ci/run'})")
 
 
 def free_port() -> int:
