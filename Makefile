@@ -7,7 +7,7 @@ LOCKS := services/wechat-gateway/requirements-lock.txt services/ai-api/requireme
 COMPOSE ?= docker compose
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run stack test test-compose lint rules format bench lock \
+.PHONY: help venv run stack test test-compose lint rules format bench bench-compare lock \
         up down logs ps prod-up certs certbot clean prod-env prod-seed-certs certbot-args check-endpoint
 
 help: ## list the targets
@@ -52,6 +52,10 @@ format: venv ## apply ruff's formatting and safe fixes
 
 bench: venv ## benchmarks, each against a baseline measured in the same run
 	$(BIN)/python -m bench
+
+bench-compare: venv ## is a gateway change cheaper? make bench-compare REV=HEAD [CASE=fresh] [STORE=redis]
+	@test -n "$(REV)" || { echo "usage: make bench-compare REV=<git revision> [CASE=duplicate|fresh] [STORE=local|redis]"; exit 2; }
+	$(BIN)/python -m bench.compare "$(REV)" --case $(or $(CASE),duplicate) --store $(or $(STORE),local)
 
 lock: venv ## recompile the lock files from the requirements*.in files
 	cd services/wechat-gateway && ../../$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-lock.txt requirements.in

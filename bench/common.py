@@ -37,6 +37,22 @@ def redis_if_available(log_dir: Path) -> Process | None:
     return start_redis(log_dir) if have("redis-server") else None
 
 
+def start_responder(log_dir: Path) -> Process:
+    """The instant AI API (bench/responder.py) on a free port; its URL in extra["url"]."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_process(
+        "responder",
+        [str(VENV_BIN / "python"), "-m", "bench.responder", str(port)],
+        log_dir,
+        cwd=REPO,
+        port=port,
+        ready=lambda: http_ok(url + "/health"),
+    )
+    proc.extra["url"] = url
+    return proc
+
+
 def start_flask_app(log_dir: Path, app: str, env: dict[str, str], workers: int) -> Process:
     """`app` (module:object) under the gateway's own gunicorn.conf.py: same worker class,
     worker count, timeouts and keep-alive as the gateway."""

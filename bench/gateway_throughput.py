@@ -44,15 +44,12 @@ from typing import Any
 
 from bench.common import (
     REPO,
-    VENV_BIN,
-    free_port,
     have,
-    http_ok,
     machine,
     process_tree_cpu_s,
     redis_if_available,
     start_flask_app,
-    start_process,
+    start_responder,
     verdict,
     write_result,
 )
@@ -156,19 +153,9 @@ class Run:
         self.log_dir = log_dir
         self.processes: list[Process] = []
         self.cases: list[Case] = []
-        port = free_port()
-        self._keep(
-            start_process(
-                "responder",
-                [str(VENV_BIN / "python"), "-m", "bench.responder", str(port)],
-                log_dir,
-                cwd=REPO,
-                port=port,
-                ready=lambda: http_ok(f"http://127.0.0.1:{port}/health"),
-            )
-        )
-        self.responder_url = f"http://127.0.0.1:{port}"
-        self.responder_pid = self.processes[0].popen.pid
+        responder = self._keep(start_responder(log_dir))
+        self.responder_url = responder.extra["url"]
+        self.responder_pid = responder.popen.pid
         self.redis = redis_if_available(log_dir)
         if self.redis:
             self._keep(self.redis)

@@ -187,8 +187,13 @@ def start_gateway(
     port: int | None = None,
     workers: int = 2,
     name: str = "gateway",
+    gateway_dir: Path = GATEWAY_DIR,
 ) -> Process:
-    """The gateway under Gunicorn with its production config file, on 127.0.0.1."""
+    """The gateway under Gunicorn with its production config file, on 127.0.0.1.
+
+    `gateway_dir` is the service's directory: another checkout of it (bench.compare)
+    runs its own code, since Gunicorn imports the app from its working directory.
+    """
     port = port or free_port()
     full_env = {
         "HOST": "127.0.0.1",
@@ -204,7 +209,7 @@ def start_gateway(
         argv,
         log_dir,
         env=full_env,
-        cwd=GATEWAY_DIR,
+        cwd=gateway_dir,
         port=port,
         ready=lambda: (
             http_ok(f"http://127.0.0.1:{port}/health")
