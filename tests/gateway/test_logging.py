@@ -146,3 +146,22 @@ def test_every_route_logs_the_address_nginx_forwarded(make_gateway, capsys):
         ("/_debug_signature", "203.0.113.9"),
         ("/wechat", "127.0.0.1"),  # an empty header: the socket's address
     ]
+
+
+def test_configuring_the_gateways_logs_leaves_gunicorns_lines_whole():
+    """Gunicorn's own lines in a worker print `%(process)d`: configure() must not unset it."""
+    import logging
+    import os
+
+    from gunicorn.glogging import CONFIG_DEFAULTS
+
+    from wechat_gateway import logs
+
+    logs.configure("INFO", "json")
+    gunicorn_format = logging.Formatter(CONFIG_DEFAULTS["formatters"]["generic"]["format"])
+    record = logging.getLogger("gunicorn.error").makeRecord(
+        "gunicorn.error", logging.INFO, __file__, 1, "Worker exiting (pid: %s)", (42,), None
+    )
+    assert gunicorn_format.format(record).endswith(
+        f"[{os.getpid()}] [INFO] Worker exiting (pid: 42)"
+    )

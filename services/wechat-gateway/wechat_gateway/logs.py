@@ -117,13 +117,9 @@ def write_info(logger: logging.Logger, message: str, fields: dict[str, Any]) -> 
 def configure(level: str, fmt: str) -> None:
     """Route the gateway's loggers to stderr in the chosen format (idempotent).
 
-    Every callback writes a line, so the record skips what no line prints: the caller's
-    file and line, thread and process names (the logging HOWTO's "Optimization").
+    Only the gateway's own loggers: the process-wide switches of the logging module stay
+    as they are, since Gunicorn's own lines in the same process print `%(process)d`.
     """
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     global _handler
     handler = _handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
