@@ -78,6 +78,20 @@ def test_no_answer_is_none(fake_ai, client_for):
         (200, b"not json", "bad_response"),
         (200, b'{"answer": 1}', "bad_response"),
         (200, b'{"reply": {"type": "video"}}', "bad_response"),
+        # The contract (docs/message-schema.md) broken inside a known type:
+        (200, b'{"reply": {"type": "text"}}', "bad_response"),
+        (200, b'{"reply": {"type": "text", "content": ["x"]}}', "bad_response"),
+        (200, b'{"reply": {"type": "text", "content": 123}}', "bad_response"),
+        (200, b'{"reply": {"type": "image", "media_id": null}}', "bad_response"),
+        (200, b'{"reply": {"type": "news", "articles": "abc"}}', "bad_response"),
+        (200, b'{"reply": {"type": "news", "articles": []}}', "bad_response"),
+        (200, b'{"reply": {"type": "news", "articles": ["x"]}}', "bad_response"),
+        (200, b'{"reply": {"type": "news", "articles": [{"url": "https://e.x"}]}}', "bad_response"),
+        (
+            200,
+            b'{"reply": {"type": "news", "articles": [{"title": "t", "url": 1}]}}',
+            "bad_response",
+        ),
     ],
 )
 def test_bad_answers_are_ai_errors(fake_ai, client_for, status, body, reason):
@@ -85,6 +99,20 @@ def test_bad_answers_are_ai_errors(fake_ai, client_for, status, body, reason):
     with pytest.raises(AIError) as caught:
         client_for(fake_ai.url).reply(MESSAGE, 1.0)
     assert caught.value.reason == reason
+
+
+def test_reply_texts_lose_what_xml_cannot_carry(fake_ai, client_for):
+    """A lone surrogate (valid in JSON, not in UTF-8 or XML) or a control character is
+    dropped here, before splitting, rendering or a customer-service push meet it."""
+    fake_ai.raw_body = b'{"reply": {"type": "text", "content": "a\\ud800b\\u0001c", "x": 1}}'
+    assert client_for(fake_ai.url).reply(MESSAGE, 1.0) == {"type": "text", "content": "abc", "x": 1}
+    fake_ai.raw_body = (
+        b'{"reply": {"type": "news", "articles": [{"title": "t\\udfff", "url": null}]}}'
+    )
+    assert client_for(fake_ai.url).reply(MESSAGE, 1.0) == {
+        "type": "news",
+        "articles": [{"title": "t"}],
+    }
 
 
 def test_a_slow_ai_api_is_a_timeout(fake_ai, client_for):

@@ -118,3 +118,30 @@ def test_custom_mode_long_late_answer_pushed_whole(make_gateway, fake_ai):
 def test_retry_mode_asks_for_parts(gateway, fake_ai):
     gateway.post(text_message("hi"))
     assert "X-Reply-Parts" not in fake_ai.headers[-1]
+
+
+def test_a_reply_that_breaks_the_contract_gets_the_fallback_at_once(make_gateway, fake_ai):
+    """Not a 503 and a wait for a retry: the user gets WECHAT_FALLBACK_REPLY on the spot."""
+    gateway = make_gateway(fallback_reply="暂时无法回答")
+    fake_ai.raw_body = b'{"reply": {"type": "news", "articles": "abc"}}'
+    response = gateway.post(text_message("新闻", openid="oBadNews"))
+    assert response.status_code == 200
+    assert gateway.reply_of(response)["Content"] == "暂时无法回答"
+
+
+def test_a_job_that_fails_answers_every_attempt_with_the_fallback(
+    make_gateway, fake_ai, monkeypatch
+):
+    from wechat_gateway.delivery import Delivery
+
+    def broken(self, answer):
+        raise RuntimeError("a bug after the AI answered")
+
+    monkeypatch.setattr(Delivery, "_split_off_rest", broken)
+    gateway = make_gateway(fallback_reply="暂时无法回答")
+    fields = text_message("你好", openid="oBug")
+    first = gateway.post(fields)
+    retry = gateway.post(fields)  # WeChat's retry is answered from the stored fallback
+    assert [r.status_code for r in (first, retry)] == [200, 200]
+    assert [gateway.reply_of(r)["Content"] for r in (first, retry)] == ["暂时无法回答"] * 2
+    assert fake_ai.calls_for(fake_ai.received[-1]["dedup_key"]) == 1

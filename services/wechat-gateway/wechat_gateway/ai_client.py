@@ -22,6 +22,7 @@ from geventhttpclient.url import URL
 
 from . import metrics
 from .metrics import labelled
+from .replies import xml_safe
 
 log = logging.getLogger(__name__)
 
@@ -273,4 +274,40 @@ def _validated_reply(data: bytes) -> dict | None:
         return None
     if not isinstance(reply, dict) or reply.get("type") not in REPLY_TYPES:
         raise AIError("bad_response", "AI API reply has an unknown type")
-    return reply
+    return _checked_reply(reply)
+
+
+_ARTICLE_OPTIONAL = ("description", "pic_url", "url")
+
+
+def _checked_reply(reply: dict) -> dict:
+    """`reply` held to the contract (docs/message-schema.md), its texts made safe for XML.
+
+    Any AI API can answer: one that breaks the contract gets the fallback reply like any
+    other bad answer, rather than failing later in splitting, rendering or a push.
+    """
+    kind = reply["type"]
+    if kind == "news":
+        articles = reply.get("articles")
+        if not articles or not isinstance(articles, list):
+            raise AIError("bad_response", "AI API news reply has no list of articles")
+        return {**reply, "articles": [_checked_article(a) for a in articles]}
+    field = "content" if kind == "text" else "media_id"
+    return {**reply, field: _checked_text(reply.get(field), f"{kind} reply's {field}")}
+
+
+def _checked_article(article: Any) -> dict[str, str]:
+    if not isinstance(article, dict):
+        raise AIError("bad_response", "AI API news article is not an object")
+    checked = {"title": _checked_text(article.get("title"), "article title")}
+    for key in _ARTICLE_OPTIONAL:
+        if article.get(key) is not None:
+            checked[key] = _checked_text(article[key], f"article {key}")
+    return checked
+
+
+def _checked_text(value: Any, what: str) -> str:
+    """A string field of the reply, without the characters XML (and UTF-8) cannot carry."""
+    if not isinstance(value, str):
+        raise AIError("bad_response", f"AI API {what} is not a string")
+    return xml_safe(value)

@@ -269,9 +269,21 @@ class Delivery:
                 self._push_rest(message, answer, rest)
         except Exception:
             log.exception("job failed", extra={"event": "job_error"})
+            if done.answer is None:
+                self._finish_with_fallback(key, started, done)
         finally:
             done.set()
             self._done.pop(key, None)
+
+    def _finish_with_fallback(self, key: str, started: float, done: _LocalJob) -> None:
+        """A job that failed before storing its answer still answers, with the fallback:
+        otherwise every attempt would wait out its budget for an answer that never comes."""
+        fallback = self._text(self.settings.fallback_reply)
+        done.answer = {"reply": fallback, "source": "fallback", "started_at": started}
+        try:
+            self.store.finish(key, done.answer)
+        except Exception:
+            log.exception("storing the fallback answer failed", extra={"event": "job_error"})
 
     def _ensure_lease_keeper(self) -> None:
         """One loop per worker renews the lease of every job this worker runs."""
