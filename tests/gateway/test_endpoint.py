@@ -57,6 +57,21 @@ def test_other_paths_reach_the_flask_routes(gateway):
     assert gateway.client.get("/wechat/extra").status_code == 404
 
 
+def test_a_content_length_that_is_no_number_is_not_a_crash(gateway):
+    """'²' passes str.isdigit() and fails int(): the body is read and judged as sent."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/wechat",
+        "QUERY_STRING": "timestamp=1&nonce=2&signature=x",
+        "CONTENT_LENGTH": "\u00b2",
+        "wsgi.input": io.BytesIO(b"<xml></xml>"),
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    statuses = []
+    body = b"".join(gateway.app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["403 FORBIDDEN"] and body == b"403 stale_timestamp\n"
+
+
 def test_a_body_of_unknown_length_over_the_limit_is_413(make_gateway):
     """A chunked upload declares no Content-Length: the limit holds on what is read."""
     gateway = make_gateway(max_body_bytes=1024)

@@ -35,6 +35,7 @@ def test_request_lines_are_structured_and_hold_no_secrets(make_gateway, capsys):
         assert isinstance(line["latency_ms"], float) and line["method"] == "POST"
     assert safe["key_index"] == 0
     assert forged["outcome"] == "bad_signature" and forged["status"] == 403
+    assert forged["mode"] == "safe"  # what its query claimed: encrypt_type=aes
     events = [line.get("event") for line in log_lines(captured)]
     assert "startup" in events and "signature_fail" in events
 

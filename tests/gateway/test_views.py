@@ -5,6 +5,7 @@ import time
 import pytest
 
 from tests.gateway.test_messages import BILLION_LAUGHS, EXTERNAL_ENTITY
+from tests.support.exposition import metric_sum
 from tests.support.wechat import ACCOUNT_ID, event_message, sign, text_message
 
 
@@ -87,9 +88,17 @@ def test_bad_signature_is_403_and_counted(gateway, fake_ai, mode):
     params, body = gateway.wechat.build_request(fields, mode=mode)
     key = "msg_signature" if mode == "safe" else "signature"
     params[key] = sign("wrong-token", params["timestamp"], params["nonce"])
+    labels = {"method": "POST", "mode": mode, "outcome": "bad_signature"}
+
+    def counted() -> float:
+        metrics = gateway.client.get("/metrics").data.decode()
+        return metric_sum(metrics, "wechat_requests_total", **labels)
+
+    before = counted()
     response = gateway.client.post("/wechat", query_string=params, data=body)
     assert response.status_code == 403
     assert fake_ai.received == []
+    assert counted() == before + 1  # under the mode its query claimed
 
 
 def test_safe_mode_checks_msg_signature_not_signature(gateway):
@@ -271,6 +280,15 @@ def test_debug_signature_helps_without_revealing_the_token(make_gateway):
     assert "celestial-dev-token" not in response.data.decode()
     wrong = gateway.client.get("/_debug_signature?timestamp=1&nonce=2&signature=" + "0" * 40)
     assert wrong.get_json()["matches_token_index"] == {"signature": None}
+
+
+def test_debug_signature_takes_any_timestamp_without_failing(make_gateway):
+    """'²' passes str.isdigit() and fails int(): the helper still answers, without a skew."""
+    gateway = make_gateway(debug_endpoints=True)
+    for timestamp in ("%C2%B2", "abc", "-5"):
+        response = gateway.client.get(f"/_debug_signature?timestamp={timestamp}&nonce=2")
+        assert response.status_code == 200
+        assert response.get_json()["clock_skew_s"] is None
 
 
 def test_unknown_route_is_404(gateway):

@@ -171,9 +171,11 @@ class WeChatEndpoint:
         """A user message or event: verify, decrypt, dedup, ask the AI API, reply in time."""
         services = self.services
         settings = services.settings
+        query = query_params(environ)
+        answer.fields["mode"] = envelope.claimed_mode(query)
         body = _read_body(environ, settings.max_body_bytes)
         opened = envelope.open_callback(
-            query_params(environ),
+            query,
             body,
             settings.account,
             strict=settings.strict_verify,
@@ -224,7 +226,7 @@ def refusal_body(error: GatewayError) -> bytes:
 def _read_body(environ: WSGIEnvironment, max_bytes: int) -> bytes:
     """The request body, refused with 413 past `max_bytes` (declared or actually sent)."""
     declared = environ.get("CONTENT_LENGTH")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds {max_bytes}")
     stream = environ.get("wsgi.input")
     body = stream.read(max_bytes + 1) if stream is not None else b""

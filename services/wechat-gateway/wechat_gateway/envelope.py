@@ -94,6 +94,12 @@ def _verify_signature(
     return account.accepted_tokens.index(token)
 
 
+def claimed_mode(query: Mapping[str, str]) -> str:
+    """The mode a callback's query claims (safe when `encrypt_type=aes`), for the log line and
+    counts of one refused before its body is opened; `open_callback` tells compat apart."""
+    return MODE_SAFE if query.get("encrypt_type", "").lower() == "aes" else MODE_PLAIN
+
+
 def open_callback(
     query: Mapping[str, str],
     body: bytes,

@@ -68,7 +68,10 @@ def debug_signature() -> Response:
         for name in ("signature", "msg_signature")
         if args.get(name)
     }
-    skew_s = int(time.time()) - int(timestamp) if timestamp.isdigit() else None
+    # isascii: str.isdigit() also holds for '²', which int() refuses.
+    skew_s = (
+        int(time.time()) - int(timestamp) if timestamp.isascii() and timestamp.isdigit() else None
+    )
     return jsonify(
         {
             "timestamp": timestamp,
