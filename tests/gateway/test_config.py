@@ -66,3 +66,17 @@ def test_production_refuses_development_values_and_debug():
 def test_repr_hides_secrets():
     settings = Settings.from_env({**GOOD, "WECHAT_APPSECRET": "s3cr3t-app"})
     assert "tok123" not in repr(settings) and "s3cr3t-app" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REDIS_URL", "http://:S3cretPass@redis:6379/0"),
+        ("AI_API_URL", "ftp://svc:S3cretPass@ai-api:8000"),
+        ("WECHAT_API_BASE", "api:S3cretPass@example"),
+    ],
+)
+def test_a_bad_url_is_named_without_its_password(name, value):
+    with pytest.raises(ConfigError, match=name) as caught:
+        Settings.from_env({**GOOD, name: value})
+    assert "S3cretPass" not in str(caught.value)

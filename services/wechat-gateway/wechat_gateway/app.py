@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import logs, metrics, request_log, views
 from .ai_client import AIClient
-from .config import Settings
+from .config import Settings, redacted_url
 from .dedup import JobStore, build_store
 from .delivery import CustomSender, Delivery
 from .endpoint import WeChatEndpoint
@@ -139,7 +139,7 @@ def _log_startup(settings: Settings) -> None:
             "aes_keys": len(account.aes_keys),
             "strict": settings.strict_verify,
             "dedup": "redis" if settings.redis_url else "local",
-            "ai_api_url": settings.ai_api_url,
+            "ai_api_url": redacted_url(settings.ai_api_url) if settings.ai_api_url else None,
             "slow_reply_mode": settings.slow_reply_mode,
             "deploy_env": settings.deploy_env,
         },

@@ -28,6 +28,7 @@ DEFAULT_FALLBACK_REPLY = "抱歉，服务暂时繁忙，请稍后再试。"
 DEFAULT_PLACEHOLDER = "正在思考，请稍后发送任意消息获取回复。"
 # WeChat asks for 3-32 letters or digits; we only refuse what cannot work in a comma list.
 _TOKEN_PATTERN = re.compile(r"^[^\s,]{3,64}$")
+_URL_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^@/]*@")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class AccountSettings:
 
     `accepted_tokens` holds the current token first, then the ones still accepted during a
     rotation; `aes_keys` the current key first, then previous keys tried for decryption.
-    Replies are always encrypted with the current key.
+    A reply is sealed with the token and key its request was opened with, so a WeChat
+    still using the old pair during a rotation can read it.
     """
 
     appid: str
@@ -149,7 +151,7 @@ class _SettingsReader:
     def url(self, name: str, default: str | None) -> str | None:
         value = self.text(name, default)
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
-            raise ConfigError(f"{name} has value {value!r}: not an http(s) URL")
+            raise ConfigError(f"{name} has value {redacted_url(value)!r}: not an http(s) URL")
         return value.rstrip("/") if value else value
 
     def tokens(self) -> tuple[str, ...]:
@@ -227,7 +229,8 @@ class _SettingsReader:
         value = self.raw("REDIS_URL")
         if value is not None and not re.match(r"^(redis|rediss|unix)://", value):
             raise ConfigError(
-                f"REDIS_URL has value {value!r}: must start with redis://, rediss:// or unix://"
+                f"REDIS_URL has value {redacted_url(value)!r}: "
+                "must start with redis://, rediss:// or unix://"
             )
         return value
 
@@ -235,6 +238,11 @@ class _SettingsReader:
         return self.raw("WECHAT_TOKEN") == DEVELOPMENT_TOKEN or (
             self.raw("WECHAT_ENCODING_AES_KEY") == DEVELOPMENT_AES_KEY
         )
+
+
+def redacted_url(url: str) -> str:
+    """`url` with the user and password part starred: a start-up error prints the URL."""
+    return _URL_USERINFO.sub(r"\1***@", url)
 
 
 def _check_consistency(settings: Settings) -> None:
