@@ -49,6 +49,12 @@ class NormalizedMessage(BaseModel):
     longitude: float | None = None
     precision: float | None = None
     menu_id: str | None = None
+    # Custom-menu push events (their nested ScanCodeInfo / SendPicsInfo / SendLocationInfo).
+    scan_type: str | None = Field(None, description="scancode_* events: qrcode, barcode ...")
+    scan_result: str | None = Field(None, description="scancode_* events: what was scanned.")
+    pic_count: int | None = Field(None, description="pic_* events: pictures sent.")
+    pic_md5_sums: list[str] | None = Field(None, description="pic_* events: their MD5 sums.")
+    poiname: str | None = Field(None, description="location_select event: the place's name.")
 
     @field_validator("type")
     @classmethod

@@ -18,6 +18,12 @@ from .errors import BadRequest, HostileXml
 
 SCHEMA_VERSION = 1
 
+
+def text_list(value: Any) -> list[str]:
+    """PicList's md5 sums as a list; a lone top-level element's text as a list of one."""
+    return [text for text in (value if isinstance(value, list) else [value]) if text]
+
+
 # XML element -> (field of the normalized message, converter)
 _FIELDS: dict[str, tuple[str, Any]] = {
     "Content": ("content", str),
@@ -40,11 +46,23 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "Longitude": ("longitude", float),
     "Precision": ("precision", float),
     "MenuId": ("menu_id", str),
+    # Inside the menu events' containers (see _CONTAINERS), lifted to the top level:
+    "ScanType": ("scan_type", str),
+    "ScanResult": ("scan_result", str),
+    "Poiname": ("poiname", str),
+    "Count": ("pic_count", int),
+    "PicMd5Sum": ("pic_md5_sums", text_list),
 }
+# Menu events carry their details one level down: scancode_push/scancode_waitmsg in
+# ScanCodeInfo, location_select in SendLocationInfo (Location_X ... as a location message),
+# pic_sysphoto/pic_photo_or_album/pic_weixin in SendPicsInfo (Count, PicList of PicMd5Sum).
+# https://developers.weixin.qq.com/doc/service/en/Custom_Menus/Custom_Menu_Push_Events.html
+_CONTAINERS = frozenset({"ScanCodeInfo", "SendLocationInfo", "SendPicsInfo"})
 
 
-def parse_xml(body: bytes) -> dict[str, str]:
-    """The top-level elements of a WeChat XML document as {tag: text}.
+def parse_xml(body: bytes) -> dict[str, Any]:
+    """The top-level elements of a WeChat XML document as {tag: text}, plus the menu events'
+    details (_CONTAINERS) lifted beside them.
 
     Raises HostileXml for DTDs/entities and BadRequest for anything that is not XML.
     """
@@ -56,10 +74,25 @@ def parse_xml(body: bytes) -> dict[str, str]:
         raise BadRequest(f"malformed XML: {exc}") from None
     if root.tag != "xml":
         raise BadRequest(f"root element is <{root.tag}>, expected <xml>")
-    return {child.tag: (child.text or "").strip() for child in root}
+    fields: dict[str, Any] = {child.tag: (child.text or "").strip() for child in root}
+    for tag in _CONTAINERS.intersection(fields):
+        for name, value in _container_fields(root.find(tag)).items():
+            fields.setdefault(name, value)  # a top-level element wins over a lifted one
+    return fields
 
 
-def dedup_key(fields: dict[str, str]) -> str:
+def _container_fields(container: Any) -> dict[str, Any]:
+    """A menu event container's elements as {tag: text}; PicList as PicMd5Sum: [md5, ...]."""
+    lifted: dict[str, Any] = {}
+    for element in container:
+        if element.tag == "PicList":
+            lifted["PicMd5Sum"] = [(item.findtext("PicMd5Sum") or "").strip() for item in element]
+        elif not len(element):
+            lifted[element.tag] = (element.text or "").strip()
+    return lifted
+
+
+def dedup_key(fields: dict[str, Any]) -> str:
     """The key under which WeChat's retries of one delivery are recognised.
 
     Messages: MsgId + FromUserName + CreateTime (MsgId alone has collided, WxJava#333).
@@ -73,7 +106,7 @@ def dedup_key(fields: dict[str, str]) -> str:
     return f"evt:{sender}:{created}:{fields.get('Event', '')}:{fields.get('EventKey', '')}"
 
 
-def normalize(fields: dict[str, str]) -> dict[str, Any]:
+def normalize(fields: dict[str, Any]) -> dict[str, Any]:
     """The normalized message document (see docs/message-schema.md)."""
     for required in ("ToUserName", "FromUserName", "CreateTime", "MsgType"):
         if not fields.get(required):
