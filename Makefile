@@ -8,7 +8,8 @@ COMPOSE ?= docker compose
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run stack test test-compose lint rules format bench bench-compare lock \
-        up down logs ps prod-up certs certbot clean prod-env prod-seed-certs certbot-args check-endpoint
+        up down logs ps prod-up prod-ps prod-logs prod-down certs certbot clean prod-env prod-seed-certs \
+        certbot-args check-endpoint
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -30,9 +31,13 @@ stack: venv certs ## the process stack: redis + gateway + AI API + nginx TLS, fr
 test: venv ## every test (unit, integration, config); integration tests skip without their binaries unless CI=true
 	$(BIN)/pytest
 
-check-endpoint: venv ## check a deployed callback the way WeChat does: make check-endpoint URL=https://wx.example.com/wechat
-	@test -n "$(URL)" || { echo "usage: make check-endpoint URL=https://your-domain/wechat [ARGS=--insecure]"; exit 2; }
-	@set -a; [ -f .env ] && . ./.env; set +a; \
+# The WECHAT_* values check-endpoint signs with; production: ENV_FILE=/etc/celestial-nexus/prod.env.
+ENV_FILE ?= .env
+
+check-endpoint: venv ## check a deployed callback the way WeChat does: make check-endpoint URL=https://wx.example.com/wechat [ENV_FILE=.env]
+	@test -n "$(URL)" || { echo "usage: make check-endpoint URL=https://your-domain/wechat [ENV_FILE=.env] [ARGS=--insecure]"; exit 2; }
+	@if [ -r "$(ENV_FILE)" ]; then set -a; . "$(abspath $(ENV_FILE))"; set +a; \
+	  elif [ "$(ENV_FILE)" != .env ]; then echo "ENV_FILE=$(ENV_FILE) is not readable"; exit 2; fi; \
 	  cd services/wechat-gateway && ../../$(BIN)/python -m wechat_gateway.checker "$(URL)" $(ARGS)
 
 rules: ## promtool/amtool: check the Prometheus and Alertmanager configs, run the alert rule tests
@@ -70,16 +75,18 @@ PROD_COMPOSE = $(COMPOSE) --env-file $(PROD_ENV_FILE) -f compose.yaml -f compose
 test-compose: venv ## the real compose stack under a Docker engine of its own (root, docker.io, debootstrap)
 	$(BIN)/pytest -m compose -s tests/compose
 
-up: certs ## the compose stack in the background (builds the images; config from .env)
+# up, down, logs and ps are for development: plain `docker compose` (compose.yaml, .env, unless
+# COMPOSE_FILE / COMPOSE_ENV_FILES say otherwise). On a production host use the prod-* targets.
+up: certs ## development: the compose stack in the background (builds the images; config from .env)
 	$(COMPOSE) up -d --build
 
-down: ## stop the compose stack (data volumes are kept)
+down: ## development: stop the compose stack (data volumes are kept); production: make prod-down
 	$(COMPOSE) down
 
-logs: ## follow the compose stack's logs (SERVICE=nginx for one service)
+logs: ## development: follow the compose stack's logs (SERVICE=nginx for one); production: make prod-logs
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
-ps: ## the compose stack's containers and their health
+ps: ## development: the compose stack's containers and their health; production: make prod-ps
 	$(COMPOSE) ps
 
 certs: $(CERTS_DIR)/fullchain.pem ## a self-signed certificate for local use (infra/nginx/certs/)
@@ -92,7 +99,7 @@ $(CERTS_DIR)/fullchain.pem:
 	chmod 600 $(CERTS_DIR)/privkey.pem
 
 prod-env:
-	@test -r "$(PROD_ENV_FILE)" || { echo "PROD_ENV_FILE=$(PROD_ENV_FILE) is not readable: copy .env.example there (outside the repo, mode 0600) and set real secrets"; exit 2; }
+	@test -r "$(PROD_ENV_FILE)" || { echo "PROD_ENV_FILE=$(PROD_ENV_FILE) is not readable: install .env.example there (outside the repo, group docker, mode 0640; README, Production) and set real secrets"; exit 2; }
 
 # nginx needs some certificate to start: until certbot has delivered one, the certs volume
 # holds the self-signed pair.
@@ -102,6 +109,15 @@ prod-seed-certs: prod-env certs
 
 prod-up: prod-seed-certs ## production: compose.yaml + compose.prod.yaml, secrets from PROD_ENV_FILE
 	$(PROD_COMPOSE) up -d --build --remove-orphans
+
+prod-ps: prod-env ## production: the containers and their health
+	$(PROD_COMPOSE) ps
+
+prod-logs: prod-env ## production: follow the logs (SERVICE=nginx for one service)
+	$(PROD_COMPOSE) logs -f --tail=100 $(SERVICE)
+
+prod-down: prod-env ## production: stop the stack (volumes, certificates included, are kept)
+	$(PROD_COMPOSE) down
 
 certbot-args:
 	@test -n "$(DOMAIN)" -a -n "$(EMAIL)" || { echo "usage: make certbot DOMAIN=wx.example.com EMAIL=you@example.com"; exit 2; }
