@@ -54,6 +54,14 @@ def test_two_replicas_fetch_the_token_once(api, redis_client):
     assert set(tokens) == {"TOKEN-1"} and api.token_fetches == 1
 
 
+def test_a_replica_that_read_the_cache_too_early_does_not_fetch_again(api, redis_client):
+    """The race behind a second fetch: A finds no token, B fetches and stores one and
+    releases the lock, then A takes the lock. A must use B's token."""
+    late, early = provider(api, redis_client), provider(api, redis_client)
+    assert early.token() == "TOKEN-1"
+    assert late._refresh(stale=None) == "TOKEN-1" and api.token_fetches == 1
+
+
 def test_token_refreshed_before_it_expires(api, redis_client):
     clock = Clock()
     tokens = provider(api, redis_client, clock)

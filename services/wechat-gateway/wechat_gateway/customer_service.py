@@ -111,26 +111,35 @@ class AccessTokenProvider:
 
     # -- refresh ----------------------------------------------------------------------
     def _refresh(self, stale: str | None) -> str:
+        """Fetch a new token, unless another caller has stored one since `stale` was read.
+
+        The check is repeated under the lock: a replica that read the cache just before
+        another one stored its new token, and took the lock just after it was released,
+        would otherwise fetch a second token.
+        """
         if self.client is None:
             with self._local_lock:
-                cached = self._local
-                if cached and cached["token"] != stale and cached["expires_at"] > self.clock():
-                    return cached["token"]
-                return self._fetch()
+                return self._replaced(self._local, stale) or self._fetch()
         if self.client.set(self._lock_key, "1", nx=True, ex=10):
             try:
-                return self._fetch()
+                return self._replaced(self._cached(), stale) or self._fetch()
             finally:
                 self.client.delete(self._lock_key)
         return self._await_other_refresher(stale)
+
+    def _replaced(self, cached: dict[str, Any] | None, stale: str | None) -> str | None:
+        """The cached token when it is another than `stale` and still valid, else None."""
+        if cached and cached["token"] != stale and cached["expires_at"] > self.clock():
+            return str(cached["token"])
+        return None
 
     def _await_other_refresher(self, stale: str | None) -> str:
         """Another replica holds the lock: wait (bounded) for the token it stores."""
         deadline = self.clock() + 5
         while self.clock() < deadline:
-            cached = self._cached()
-            if cached and cached["token"] != stale and cached["expires_at"] > self.clock():
-                return cached["token"]
+            token = self._replaced(self._cached(), stale)
+            if token:
+                return token
             self.sleep(0.05)
         raise WeChatApiError(-1, "timed out waiting for another replica to refresh the token")
 
