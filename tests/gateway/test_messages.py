@@ -28,6 +28,10 @@ def xml(inner: str) -> bytes:
     return f"<xml>{BASE}{inner}</xml>".encode()
 
 
+def normalized(inner: str) -> dict:
+    return normalize(parse_xml(xml(inner)))
+
+
 @pytest.mark.parametrize("body", [BILLION_LAUGHS, EXTERNAL_ENTITY, b"<!DOCTYPE xml><xml/>"])
 def test_dtds_and_entities_are_refused_fast(body):
     started = time.monotonic()
@@ -176,40 +180,28 @@ def test_events():
 
 def test_menu_events_bring_their_details_up():
     """The examples of WeChat's custom-menu push events, with their nested containers."""
-    scan = normalize(
-        parse_xml(
-            xml(
-                "<MsgType>event</MsgType><Event>scancode_waitmsg</Event><EventKey>6</EventKey>"
-                "<ScanCodeInfo><ScanType>qrcode</ScanType><ScanResult>2</ScanResult></ScanCodeInfo>"
-            )
-        )
+    scan = normalized(
+        "<MsgType>event</MsgType><Event>scancode_waitmsg</Event><EventKey>6</EventKey>"
+        "<ScanCodeInfo><ScanType>qrcode</ScanType><ScanResult>2</ScanResult></ScanCodeInfo>"
     )
     assert (scan["scan_type"], scan["scan_result"], scan["event_key"]) == ("qrcode", "2", "6")
-    pics = normalize(
-        parse_xml(
-            xml(
-                "<MsgType>event</MsgType><Event>pic_photo_or_album</Event><EventKey>6</EventKey>"
-                "<SendPicsInfo><Count>2</Count><PicList>"
-                "<item><PicMd5Sum>5a75aaca956d97be686719218f275c6b</PicMd5Sum></item>"
-                "<item><PicMd5Sum>7e5b4bd1a0ba0d1b3fe4e2ac2a7b4bc3</PicMd5Sum></item>"
-                "</PicList></SendPicsInfo>"
-            )
-        )
+    pics = normalized(
+        "<MsgType>event</MsgType><Event>pic_photo_or_album</Event><EventKey>6</EventKey>"
+        "<SendPicsInfo><Count>2</Count><PicList>"
+        "<item><PicMd5Sum>5a75aaca956d97be686719218f275c6b</PicMd5Sum></item>"
+        "<item><PicMd5Sum>7e5b4bd1a0ba0d1b3fe4e2ac2a7b4bc3</PicMd5Sum></item>"
+        "</PicList></SendPicsInfo>"
     )
     assert pics["pic_count"] == 2
     assert pics["pic_md5_sums"] == [
         "5a75aaca956d97be686719218f275c6b",
         "7e5b4bd1a0ba0d1b3fe4e2ac2a7b4bc3",
     ]
-    place = normalize(
-        parse_xml(
-            xml(
-                "<MsgType>event</MsgType><Event>location_select</Event><EventKey>6</EventKey>"
-                "<SendLocationInfo><Location_X>23</Location_X><Location_Y>113</Location_Y>"
-                "<Scale>15</Scale><Label> 广州市海珠区客村艺苑路 106号</Label><Poiname></Poiname>"
-                "</SendLocationInfo>"
-            )
-        )
+    place = normalized(
+        "<MsgType>event</MsgType><Event>location_select</Event><EventKey>6</EventKey>"
+        "<SendLocationInfo><Location_X>23</Location_X><Location_Y>113</Location_Y>"
+        "<Scale>15</Scale><Label> 广州市海珠区客村艺苑路 106号</Label><Poiname></Poiname>"
+        "</SendLocationInfo>"
     )
     assert (place["location_x"], place["location_y"], place["scale"]) == (23.0, 113.0, 15)
     assert place["label"] == "广州市海珠区客村艺苑路 106号" and "poiname" not in place
