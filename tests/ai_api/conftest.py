@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from celestial_nexus.api import create_app
 from celestial_nexus.config import DEFAULT_KB_DIR, Settings
 from tests.ai_api.fake_llm import FakeLLM
+from tests.ai_api.tcp_proxy import TcpProxy
 
 MakeClient = Callable[..., TestClient]
 
@@ -78,6 +79,14 @@ def llm_settings(base_settings: Settings, fake_llm: FakeLLM) -> Settings:
         llm_model="fake-model",
         llm_timeout_s=2.0,
     )
+
+
+@pytest.fixture
+def redis_proxy(redis_server) -> Iterator[TcpProxy]:
+    """A real redis-server behind a proxy the test can cut (an outage that keeps the data)."""
+    proxy = TcpProxy(redis_server.port).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+import redis
+
 from celestial_nexus.chat_text import utf8_len
 from celestial_nexus.config import Settings
 from tests.ai_api.conftest import event_message, message, metric, reply_text, text_message
@@ -277,3 +280,22 @@ def test_logs_carry_no_secret_and_no_content_at_info(make_client, llm_settings, 
 
 def test_settings_repr_hides_the_api_key(llm_settings: Settings):
     assert llm_settings.llm_api_key not in repr(llm_settings)
+
+
+@pytest.mark.parametrize("erase", [event_message("unsubscribe"), text_message("清除记忆")])
+def test_an_erasure_while_redis_is_down_is_replayed_when_it_returns(
+    make_client, llm_settings, fake_llm, redis_proxy, redis_server, erase
+):
+    client = make_client(replace(llm_settings, redis_url=redis_proxy.url))
+    fake_llm.answer = lambda messages: "记住了：你的暗号是蓝色海豚。"
+    reply_text(client.post("/v1/reply", json=text_message("我的暗号是蓝色海豚")))
+    with redis.Redis(port=redis_server.port) as in_redis:
+        assert in_redis.exists("cn:ai:mem:oUser1") == 1
+        redis_proxy.cut()
+        assert client.post("/v1/reply", json=erase).status_code == 200  # Redis still has it
+        redis_proxy.restore()
+        assert client.get("/health").json()["redis"] == "up"
+        assert in_redis.exists("cn:ai:mem:oUser1") == 0
+    fake_llm.answer = lambda messages: "好的。"
+    reply_text(client.post("/v1/reply", json=text_message("你好")))
+    assert [m["role"] for m in fake_llm.requests[-1]["messages"]] == ["system", "user"]

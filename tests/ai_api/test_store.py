@@ -87,3 +87,65 @@ def test_unreachable_redis_degrades_to_the_local_store_and_retries():
 def test_no_redis_means_disabled():
     store = ResilientStore(None, LocalStore(10))
     assert run(store.check()) == "disabled"
+
+
+def test_an_erasure_during_an_outage_reaches_redis_before_anything_is_read(redis_proxy):
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = ResilientStore(
+            RedisStore.from_url(redis_proxy.url),
+            LocalStore(10, clock=clock),
+            retry_after_s=5,
+            clock=clock,
+        )
+        await store.push_trim("cn:ai:mem:oU", ["remembered"], keep=10, ttl_s=60)
+        redis_proxy.cut()
+        await store.delete("cn:ai:mem:oU")  # Redis unreachable: it still holds the key
+        assert store.state == "down"
+        redis_proxy.restore()
+        clock.now += 6  # the retry is due
+        assert await store.get_list("cn:ai:mem:oU") == []
+        assert store.state == "up"
+        await store.close()
+
+    run(scenario())
+
+
+class FlakyRedis:
+    """Stands in for RedisStore: fails every call while `down`, records the keys deleted."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.deleted: list[str] = []
+
+    async def delete(self, *keys: str) -> None:
+        if self.down:
+            raise ConnectionError("refused")
+        self.deleted.extend(keys)
+
+    async def get_list(self, key: str) -> list[str]:
+        if self.down:
+            raise ConnectionError("refused")
+        return []
+
+    async def ping(self) -> bool:
+        if self.down:
+            raise ConnectionError("refused")
+        return True
+
+
+def test_erasures_pending_during_an_outage_are_bounded_and_replayed_once(caplog):
+    clock = Clock()
+    redis = FlakyRedis()
+    store = ResilientStore(redis, LocalStore(10, clock=clock), clock=clock, max_pending_deletes=3)
+    redis.down = True
+    run(store.delete("k1", "k2"))
+    run(store.delete("k3", "k4"))  # k1 is dropped: the oldest beyond the bound
+    run(store.delete("k2"))  # erased again: now the newest
+    assert "1 erasures waited too long" in caplog.text
+    redis.down = False
+    assert run(store.check()) == "up"
+    assert redis.deleted == ["k3", "k4", "k2"]
+    run(store.get_list("k3"))
+    assert redis.deleted == ["k3", "k4", "k2"]  # replayed once, not on every call

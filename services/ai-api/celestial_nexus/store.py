@@ -3,10 +3,12 @@
 Both stores keep short lists of strings with an expiry behind one small interface. When
 Redis cannot be reached the service degrades to the in-process store (bounded by expiry
 and a capacity) and tries Redis again a few seconds later, instead of failing requests.
+An erasure that cannot reach Redis is remembered and replayed before Redis is used again.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -17,6 +19,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING_DELETES = 100_000  # keys erased during an outage, waiting for Redis (~15 MB at most)
+DELETE_BATCH = 500  # keys per DEL when replaying them
 
 
 class Store(Protocol):
@@ -153,6 +158,7 @@ class ResilientStore:
         retry_after_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[str], None] | None = None,
+        max_pending_deletes: int = MAX_PENDING_DELETES,
     ) -> None:
         self.redis = redis_store
         self.local = local
@@ -162,11 +168,10 @@ class ResilientStore:
         self._on_state = on_state or (lambda state: None)
         self.state = "disabled" if redis_store is None else "up"
         self._on_state(self.state)
-
-    def _target(self) -> Store:
-        if self.redis is None or self._clock() < self._down_until:
-            return self.local
-        return self.redis
+        self.max_pending_deletes = max_pending_deletes
+        # key -> the erasure's sequence number, oldest first; see _replay_deletes.
+        self._pending_deletes: dict[str, int] = {}
+        self._delete_seq = 0
 
     def _failed(self, exc: Exception) -> None:
         if self.state != "down":
@@ -181,15 +186,54 @@ class ResilientStore:
             self.state = "up"
             self._on_state("up")
 
+    async def _usable_redis(self) -> RedisStore | None:
+        """Redis when it is to be used now, else None. Erasures it missed are replayed
+        first, so nothing a user had erased during an outage is read back from it."""
+        if self.redis is None or self._clock() < self._down_until:
+            return None
+        try:
+            await self._replay_deletes(self.redis)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return None
+        return self.redis
+
+    async def _replay_deletes(self, redis_store: RedisStore) -> None:
+        """Delete the keys erased while Redis was unreachable, in batches."""
+        while self._pending_deletes:
+            batch = dict(itertools.islice(self._pending_deletes.items(), DELETE_BATCH))
+            await redis_store.delete(*batch)
+            for key, seq in batch.items():
+                # A key erased again meanwhile stays pending: that erasure may be newer
+                # than the DEL just sent.
+                if self._pending_deletes.get(key) == seq:
+                    del self._pending_deletes[key]
+
+    def _remember_deletes(self, keys: tuple[str, ...]) -> None:
+        """Note erasures Redis has not seen yet; beyond the bound the oldest are dropped."""
+        for key in keys:
+            self._delete_seq += 1
+            self._pending_deletes.pop(key, None)
+            self._pending_deletes[key] = self._delete_seq
+        overflow = len(self._pending_deletes) - self.max_pending_deletes
+        if overflow > 0:
+            log.error(
+                "%d erasures waited too long for Redis and are dropped: their keys may "
+                "come back when Redis does (at most until they expire)",
+                overflow,
+            )
+            for key in list(itertools.islice(self._pending_deletes, overflow)):
+                del self._pending_deletes[key]
+
     async def _call(self, method: str, *args: Any) -> Any:
-        target = self._target()
-        if target is self.redis:
+        redis_store = await self._usable_redis()
+        if redis_store is not None:
             try:
-                result = await getattr(target, method)(*args)
+                result = await getattr(redis_store, method)(*args)
             except (RedisError, OSError) as exc:
                 self._failed(exc)
             else:
-                self._ok(target)
+                self._ok(redis_store)
                 return result
         return await getattr(self.local, method)(*args)
 
@@ -206,9 +250,15 @@ class ResilientStore:
         return await self._call("pop_first", key)
 
     async def delete(self, *keys: str) -> None:
-        # Erase from both: data written during an outage lives in the local store.
+        """Erase from both stores. Data written during an outage lives in the local store;
+        an erasure Redis cannot take now is replayed when it can (WeChat requires erasing)."""
         await self.local.delete(*keys)
-        await self._call("delete", *keys)
+        if self.redis is None or not keys:
+            return
+        self._remember_deletes(keys)
+        redis_store = await self._usable_redis()  # replays these keys with any pending
+        if redis_store is not None:
+            self._ok(redis_store)
 
     async def check(self) -> str:
         """Ping Redis now (for /health) and return the state."""
@@ -219,7 +269,8 @@ class ResilientStore:
                 self._failed(exc)
             else:
                 self._down_until = 0.0
-                self._ok(self.redis)
+                if await self._usable_redis() is not None:
+                    self._ok(self.redis)
         return self.state
 
     async def close(self) -> None:
