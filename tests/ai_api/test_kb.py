@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from celestial_nexus.kb import (
     KnowledgeBase,
     LiveKnowledgeBase,
@@ -127,3 +129,21 @@ def test_synonyms_file_change_triggers_a_reload(tmp_path: Path):
     (tmp_path / "_synonyms.txt").write_text("泄露 曝光\n", encoding="utf-8")
     assert live.reload_if_changed() is True
     assert live.current.synonyms["曝光"] == "泄露"
+
+
+def test_a_kb_folder_that_disappears_is_a_failed_reload(tmp_path: Path):
+    kb_dir = tmp_path / "kb"
+    kb_dir.mkdir()
+    (kb_dir / "a.md").write_text("# 甲\n内容一\n# 乙\n内容二", encoding="utf-8")
+    events: list[tuple[str, int]] = []
+    live = LiveKnowledgeBase(kb_dir, on_reload=lambda r, n: events.append((r, n)))
+    kb_dir.rename(tmp_path / "kb.old")  # renamed away, or unmounted
+    assert live.reload_if_changed() is False
+    assert len(live.current) == 2 and events == [("ok", 2), ("error", 2)]
+    assert live.current.search("甲")[0].passage.title == "甲"
+    with pytest.raises(FileNotFoundError):
+        load_passages(kb_dir)  # a folder gone between the check and the load fails too
+    (tmp_path / "kb.old").rename(kb_dir)
+    (kb_dir / "b.md").write_text("# 丙\n内容三", encoding="utf-8")
+    assert live.reload_if_changed() is True
+    assert events[-1] == ("ok", 3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -200,7 +201,13 @@ def split_text_file(text: str, source: str) -> list[Passage]:
 
 
 def kb_files(kb_dir: Path) -> list[Path]:
-    """Knowledge-base files under kb_dir, hidden files and folders skipped, in a stable order."""
+    """Knowledge-base files under kb_dir, hidden files and folders skipped, in a stable order.
+
+    A missing or unreadable kb_dir raises OSError: rglob would find nothing in it, and an
+    empty index must not replace the real one while a folder is renamed or unmounted.
+    """
+    with os.scandir(kb_dir):
+        pass
     found = []
     for path in kb_dir.rglob("*"):
         rel = path.relative_to(kb_dir)
