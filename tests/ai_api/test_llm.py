@@ -249,3 +249,25 @@ def test_client_raises_llm_error_with_reason(fake_llm):
             await client.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("answer", ["---", "***", "<br>", "```\n```", "|---|"])
+@pytest.mark.parametrize("parts", ["", "all"])
+def test_an_llm_answer_with_no_text_left_is_malformed(
+    make_client, llm_settings, fake_llm, answer, parts
+):
+    fake_llm.answer = lambda messages: answer
+    client = make_client(llm_settings)
+    errors = metric(client, "ai_llm_errors_total", reason="malformed")
+    fallbacks = metric(client, "ai_llm_fallbacks_total", reason="malformed")
+    response = client.post(
+        "/v1/reply", json=text_message("令牌怎么轮换"), headers={"X-Reply-Parts": parts}
+    )
+    assert reply_text(response).startswith("【如何更换 Token（令牌轮换）】")
+    assert metric(client, "ai_llm_errors_total", reason="malformed") == errors + 1
+    assert metric(client, "ai_llm_fallbacks_total", reason="malformed") == fallbacks + 1
+    fake_llm.answer = lambda messages: "好的。"
+    reply_text(client.post("/v1/reply", json=text_message("还有呢")))
+    remembered = fake_llm.requests[-1]["messages"][1:-1]
+    assert [m["role"] for m in remembered] == ["user", "assistant"]
+    assert remembered[1]["content"].startswith("【如何更换 Token")  # not an empty turn

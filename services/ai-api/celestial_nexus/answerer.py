@@ -182,13 +182,12 @@ class Answerer:
             metrics.LLM_FALLBACKS.labels("deadline").inc()
             return None
         try:
-            text = await self.llm.complete(messages, timeout_s)
+            return await _plain_answer(self.llm, messages, timeout_s)
         except LLMError as exc:
             log.warning("LLM failed (%s), answering from the knowledge base", exc)
             metrics.LLM_ERRORS.labels(exc.reason).inc()
             metrics.LLM_FALLBACKS.labels(exc.reason).inc()
             return None
-        return markdown_to_plain(text)
 
     def _budget_s(self, deadline_at: float) -> float:
         """Seconds left for the LLM: to the deadline, less the margin to send the reply."""
@@ -206,3 +205,12 @@ class Answerer:
         if remaining <= 0:
             return part.strip()
         return f"{part.strip()}\n\n{self.texts.continue_hint.format(remaining=remaining)}"
+
+
+async def _plain_answer(llm: LLMClient, messages: list[dict[str, str]], timeout_s: float) -> str:
+    """The LLM's answer as chat text. An answer that is only Markdown marks ('---', an empty
+    code block, '<br>') leaves nothing to send: it is malformed, like an empty one."""
+    plain = markdown_to_plain(await llm.complete(messages, timeout_s))
+    if not plain:
+        raise LLMError("malformed", "nothing left as plain text")
+    return plain
