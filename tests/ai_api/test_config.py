@@ -51,6 +51,12 @@ def test_values_are_parsed_and_relative_paths_resolve_from_the_service_folder():
         ({"LLM_BASE_URL": "x", "LLM_API_KEY": "k", "LLM_MODEL": "m"}, "LLM_BASE_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"MEMORY_TTL_S": "-1"}, "MEMORY_TTL_S"),
+        ({"LLM_TIMEOUT": "nan"}, "'LLM_TIMEOUT' has value nan. Not a finite number"),
+        ({"LLM_TIMEOUT": "inf"}, "LLM_TIMEOUT"),
+        ({"LLM_TEMPERATURE": "nan"}, "LLM_TEMPERATURE"),
+        ({"KB_RELOAD_INTERVAL_S": "nan"}, "KB_RELOAD_INTERVAL_S"),
+        ({"KB_RELOAD_INTERVAL_S": "inf"}, "KB_RELOAD_INTERVAL_S"),
+        ({"KB_MIN_SCORE": "-inf"}, "KB_MIN_SCORE"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_variable(env, named):
@@ -76,3 +82,31 @@ def test_api_key_is_not_in_the_repr():
     )
     assert "sk-very-secret" not in repr(settings)
     assert ":pw@" not in repr(settings)
+
+
+def test_strings_are_trimmed_as_mounted_secrets_end_in_a_newline():
+    settings = Settings.from_env(
+        {
+            "LLM_BASE_URL": " https://llm.example/v1\n",
+            "LLM_API_KEY": "sk-from-a-secret-file\n",
+            "LLM_MODEL": "m ",
+            "REDIS_URL": "redis://127.0.0.1:6379/0\r\n",
+        }
+    )
+    assert settings.llm_base_url == "https://llm.example/v1"
+    assert settings.llm_api_key == "sk-from-a-secret-file"
+    assert settings.llm_model == "m"
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize("key", ["sk-schlüssel", "sk-abc\n", "sk-\u200babc", "sk-　abc"])
+def test_an_api_key_must_be_printable_ascii(key):
+    with pytest.raises(ConfigError, match="'LLM_API_KEY' has a character") as info:
+        Settings(llm_base_url="https://x/v1", llm_api_key=key, llm_model="m")
+    assert "sk-" not in str(info.value)  # the key is not printed
+
+
+def test_a_non_ascii_api_key_stops_start_up_naming_the_variable():
+    env = {"LLM_BASE_URL": "https://x/v1", "LLM_API_KEY": "sk-schlüssel", "LLM_MODEL": "m"}
+    with pytest.raises(ConfigError, match="LLM_API_KEY"):
+        create_app(Settings.from_env(env))

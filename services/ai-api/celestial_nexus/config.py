@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -46,7 +47,8 @@ def _parse_number(kind: Callable[[str], T]) -> Callable[[str, str], T]:
 
 
 def _parse_str(name: str, raw: str) -> str:
-    return raw
+    # Mounted secrets and .env lines often end in a newline or a space; none is meant.
+    return raw.strip()
 
 
 def _parse_path(name: str, raw: str) -> Path:
@@ -104,6 +106,8 @@ class Settings:
         return bool(self.llm_base_url and self.llm_api_key and self.llm_model)
 
     def _validate(self) -> None:
+        self._validate_finite()
+        self._validate_api_key()
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
                 f"Config 'LOG_LEVEL' has value {self.log_level!r}. "
@@ -158,13 +162,33 @@ class Settings:
             if value < 0:
                 raise ConfigError(f"Config '{name}' has value {value!r}. It must not be negative.")
 
+    def _validate_finite(self) -> None:
+        """nan passes every comparison below and inf is no timeout or interval at all."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(
+                    f"Config '{env_name(f.name)}' has value {value!r}. Not a finite number."
+                )
+
+    def _validate_api_key(self) -> None:
+        """The key goes into an HTTP header: anything but printable ASCII (a pasted
+        non-ASCII character, a line break) fails every call, or start-up, obscurely."""
+        for position, char in enumerate(self.llm_api_key, 1):
+            if not (char.isascii() and char.isprintable()):
+                # The key itself is never printed, only where the bad character is.
+                raise ConfigError(
+                    f"Config 'LLM_API_KEY' has a character that is not printable ASCII "
+                    f"(character {position} of {len(self.llm_api_key)})."
+                )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build Settings from environment variables (the real environment by default)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            name = ENV_NAMES.get(f.name, f.name.upper())
+            name = env_name(f.name)
             if not environ.get(name, "").strip():
                 continue  # unset or empty (a blank line in .env): the default
             type_name = f.type if isinstance(f.type, str) else f.type.__name__
@@ -174,3 +198,8 @@ class Settings:
 
 # Environment names that differ from the upper-cased field name.
 ENV_NAMES = {"llm_timeout_s": "LLM_TIMEOUT"}
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a Settings field."""
+    return ENV_NAMES.get(field_name, field_name.upper())
