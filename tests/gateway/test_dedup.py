@@ -57,7 +57,7 @@ def test_a_retry_claims_the_stored_answer_and_the_owner(store):
 def test_finishing_an_expired_job_does_not_bring_it_back(store):
     """An answer later than the dedup window: nothing waits for it, and no key without
     an expiry is left behind."""
-    assert store.finish("gone", {"reply": None}) == set()
+    assert store.finish("gone", {"reply": None}) is None
     assert store.get("gone") is None
     if isinstance(store, RedisStore):
         assert store.client.keys("*gone*") == []
@@ -85,11 +85,32 @@ def test_capacity_evicts_the_least_recently_used_key():
 
 def test_exactly_one_side_delivers_a_late_answer(store):
     store.claim("late", "o", 1000.0, 120, 3.0)
-    assert store.hand_off("late", PLACEHOLDER_SENT) is None  # the attempt gave up first
+    assert store.hand_off("late", PLACEHOLDER_SENT, 120) is None  # the attempt gave up first
     assert store.finish("late", {"reply": "x"}) == {PLACEHOLDER_SENT}  # so the job parks it
+    assert store.get("late").flags == {PLACEHOLDER_SENT}  # and a later attempt knows it
     store.claim("early", "o", 1000.0, 120, 3.0)
     assert store.finish("early", {"reply": "y"}) == set()  # nobody gave up yet
-    assert store.hand_off("early", CUSTOM_PENDING) == {"reply": "y"}  # the attempt sends it
+    assert store.hand_off("early", CUSTOM_PENDING, 120) == {"reply": "y"}  # the attempt sends it
+    assert store.claim("early", "o", 1001.0, 120, 3.0).flags == frozenset()  # no push owns it
+
+
+def test_the_first_answer_stored_wins(store):
+    """A job taken over from an owner that was late, not dead, is finished twice: only the
+    first finisher may hand the answer over, or the user gets it twice."""
+    store.claim("k", "slow-owner", 1000.0, 120, 3.0)
+    assert store.hand_off("k", PLACEHOLDER_SENT, 120) is None
+    assert store.finish("k", {"reply": "first"}) == {PLACEHOLDER_SENT}
+    assert store.finish("k", {"reply": "second"}) is None
+    assert store.get("k").answer == {"reply": "first"}
+
+
+def test_a_hand_off_to_a_job_redis_never_saw_expires(redis_server):
+    """A job claimed in the in-process store while Redis was down, handed off once it was
+    back: the flag is kept for the answer, under a key that still expires."""
+    store = RedisStore(redis.Redis.from_url(redis_server.extra["url"]))
+    assert store.hand_off("outage", CUSTOM_PENDING, 120) is None
+    assert 0 < store.client.ttl("cn:gw:job:outage") <= 120
+    assert store.finish("outage", {"reply": "late"}) == {CUSTOM_PENDING}
 
 
 def test_take_over_only_an_orphaned_unanswered_job(store):

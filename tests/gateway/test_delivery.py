@@ -145,3 +145,34 @@ def test_a_job_that_fails_answers_every_attempt_with_the_fallback(
     assert [r.status_code for r in (first, retry)] == [200, 200]
     assert [gateway.reply_of(r)["Content"] for r in (first, retry)] == ["暂时无法回答"] * 2
     assert fake_ai.calls_for(fake_ai.received[-1]["dedup_key"]) == 1
+
+
+def test_an_attempt_ten_seconds_after_the_message_is_the_last_whatever_the_count(
+    make_gateway, fake_ai
+):
+    """Without Redis each worker counts attempts in its own store: WeChat's third attempt
+    can be a worker's first. Held for a retry that never comes, it would show the user
+    '该公众号暂时无法提供服务'; by the message's age it gets the placeholder."""
+    import time
+
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
+    fake_ai.latency_s = 1.0
+    sent_10s_ago = text_message("慢", openid="oThird", create_time=int(time.time()) - 10)
+    response = gateway.post(sent_10s_ago)
+    assert response.status_code == 200
+    assert gateway.reply_of(response)["Content"].startswith("正在思考")
+    sent_4s_ago = text_message("慢", openid="oSecond", create_time=int(time.time()) - 4)
+    assert gateway.post(sent_4s_ago).status_code == 503  # not yet: WeChat retries it
+
+
+def test_a_retry_after_the_push_took_over_answers_success(make_gateway, fake_ai):
+    """custom mode: once an attempt answered `success` and handed the answer to the push, a
+    WeChat retry (the `success` came after WeChat's cut) must not deliver it passively too."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oOnce")
+    assert gateway.post(fields).data == b"success"
+    assert sender.called.wait(5)
+    assert gateway.post(fields).data == b"success"  # the retry, after the answer is stored
+    assert sender.sent == [("oOnce", {"type": "text", "content": "答：慢"})]

@@ -46,6 +46,8 @@ class Job:
     store: str
     # A new claim pops the user's oldest parked answer in the same round trip.
     parked: dict[str, Any] | None = None
+    # The hand-off flags set so far: a late delivery (push or park) owns the answer.
+    flags: frozenset[str] = frozenset()
 
 
 class JobStore(Protocol):
@@ -64,8 +66,8 @@ class JobStore(Protocol):
     def get(self, key: str) -> Job | None: ...
     def renew(self, key: str, owner: str, lease_until: float) -> bool: ...
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool: ...
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str]: ...
-    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None: ...
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None: ...
+    def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None: ...
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None: ...
     def pop_parked(self, user: str) -> dict[str, Any] | None: ...
     def clear_parked(self, user: str) -> None: ...
@@ -112,6 +114,7 @@ class LocalStore:
             state["lease_until"],
             state.get("answer"),
             "local",
+            flags=frozenset(flag for flag in HANDOFF_FLAGS if state.get(flag)),
         )
 
     def claim(
@@ -161,20 +164,21 @@ class LocalStore:
             state["owner"], state["lease_until"] = owner, now + lease_s
             return True
 
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
         with self._lock:
             state = self._live(self._jobs, key)
-            if state is None:
-                return set()
+            if state is None or state.get("answer") is not None:
+                return None
             state["answer"] = answer
             return {flag for flag in HANDOFF_FLAGS if state.get(flag)}
 
-    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
+    def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
         with self._lock:
             state = self._live(self._jobs, key)
             if state is None:
                 return None
-            state[flag] = True
+            if state.get("answer") is None:
+                state[flag] = True
             return state.get("answer")
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
@@ -207,7 +211,7 @@ class LocalStore:
 # claim take the user's oldest parked answer. Returns a flat array (fewer elements to
 # parse than HGETALL: this runs on every callback): claimed, parked or "", then the
 # job's fields named in ARGV[5..] (_JOB_FIELDS), "" for a missing one.
-_JOB_FIELDS = ("attempts", "owner", "started_at", "lease_until", "answer")
+_JOB_FIELDS = ("attempts", "owner", "started_at", "lease_until", "answer", *HANDOFF_FLAGS)
 _CLAIM = """
 local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
@@ -222,12 +226,24 @@ local reply = {claimed and 1 or 0, parked}
 for i = 1, #ARGV - 4 do reply[#reply + 1] = job[i] or '' end
 return reply
 """
-# Store the answer and read the hand-off flags in one atomic step (see hand_off). A job
-# whose window already expired is not recreated (it would have no expiry).
+# Store the answer and read the hand-off flags in one atomic step (see _HAND_OFF). The
+# first answer stored wins: a job taken over from a live but late owner is finished twice,
+# and only one of them may deliver. A job whose window expired is not recreated.
 _FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'answer') == 1 then
+  return false end
 redis.call('HSET', KEYS[1], 'answer', ARGV[1])
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
+"""
+# The answer when it is stored; else set the hand-off flag, so that _FINISH hands the answer
+# over. Either the attempt delivers or the late path does, never both. A job key that is
+# missing (claimed in the in-process store while Redis was down) is created with an expiry.
+_HAND_OFF = """
+local answer = redis.call('HGET', KEYS[1], 'answer')
+if answer then return answer end
+redis.call('HSET', KEYS[1], ARGV[1], '1')
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return false
 """
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
@@ -254,6 +270,7 @@ class RedisStore:
         self._finish = client.register_script(_FINISH)
         self._renew = client.register_script(_RENEW)
         self._take_over = client.register_script(_TAKE_OVER)
+        self._hand_off = client.register_script(_HAND_OFF)
 
     def _claim_key(self, key: str) -> str:
         return f"{self.prefix}:dedup:{key}"
@@ -267,7 +284,7 @@ class RedisStore:
     @staticmethod
     def _view(key: str, values: list[bytes | None], is_new: bool) -> Job:
         """A Job from the values of _JOB_FIELDS (None or b"" where a field is missing)."""
-        attempts, owner, started_at, lease_until, answer = values
+        attempts, owner, started_at, lease_until, answer, *flag_values = values
         return Job(
             key,
             is_new,
@@ -277,6 +294,7 @@ class RedisStore:
             float(lease_until or 0),
             json.loads(answer) if answer else None,
             "redis",
+            flags=frozenset(f for f, v in zip(HANDOFF_FLAGS, flag_values, strict=True) if v),
         )
 
     def claim(
@@ -309,20 +327,17 @@ class RedisStore:
             self._take_over(keys=[self._job_key(key)], args=[owner, repr(now), repr(now + lease_s)])
         )
 
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
         flags = self._finish(
             keys=[self._job_key(key)],
             args=[json.dumps(answer, ensure_ascii=False), *HANDOFF_FLAGS],
         )
-        if not flags:  # the job's window had expired
-            return set()
+        if flags is None:  # answered already, or the job's window expired
+            return None
         return {flag for flag, value in zip(HANDOFF_FLAGS, flags, strict=True) if value}
 
-    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self._job_key(key), flag, "1")
-        pipe.hget(self._job_key(key), "answer")
-        _, answer = pipe.execute()
+    def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
+        answer = self._hand_off(keys=[self._job_key(key)], args=[flag, ttl_s])
         return json.loads(answer) if answer else None
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
@@ -418,11 +433,11 @@ class FailoverStore:
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
         return self._call("take_over", key, owner, now, lease_s)
 
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str]:
+    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
         return self._call("finish", key, answer)
 
-    def hand_off(self, key: str, flag: str) -> dict[str, Any] | None:
-        return self._call("hand_off", key, flag)
+    def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
+        return self._call("hand_off", key, flag, ttl_s)
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
         self._call("park", user, answer, ttl_s)

@@ -42,6 +42,7 @@ from .splitting import split_utf8
 log = logging.getLogger(__name__)
 
 _REMOTE_POLL_S = 0.05
+WECHAT_RETRY_INTERVAL_S = 5.0  # WeChat cuts an attempt at 5 s and sends the next one
 
 
 def _spawn(function: Callable[..., None], *args: Any) -> None:
@@ -128,12 +129,35 @@ class Delivery:
                 self.store.clear_parked(user_key(message))
             self._start_job(message, key, self._window_s(), request_id)
 
-        last = s.slow_reply_mode != "retry" or job.attempt >= s.max_attempts
+        if job.flags:  # an earlier attempt handed the answer to the late path, which delivers it
+            return self._handed_off(job.flags, job.attempt)
+        last = (
+            s.slow_reply_mode != "retry"
+            or job.attempt >= s.max_attempts
+            or self._past_retries(message, arrival)
+        )
         wait_s = s.reply_budget_s if last else s.retry_hold_s
         answer = job.answer or self._wait(key, arrival + wait_s, message, request_id)
         if answer is not None:
             return self._delivered(answer, job.attempt, not job.is_new, arrival)
         return self._late(key, job.attempt, not job.is_new, arrival, last)
+
+    def _past_retries(self, message: dict[str, Any], arrival: float) -> bool:
+        """WeChat's last attempt told by the message's age, its attempts coming 5 s apart.
+
+        The attempt count alone can start again: without Redis each worker counts in its own
+        store, and a Redis that comes back mid-job starts from 1. A last attempt held for a
+        retry that never comes would show the user '该公众号暂时无法提供服务'.
+        """
+        age_s = arrival - message["create_time"]
+        return age_s >= (self.settings.max_attempts - 1) * WECHAT_RETRY_INTERVAL_S - 1
+
+    def _handed_off(self, flags: frozenset[str], attempt: int) -> Outcome:
+        """A retry after the late path took the answer over: the same reply as the attempt
+        that handed it over, so the answer reaches the user once (push or parked)."""
+        if CUSTOM_PENDING in flags:
+            return Outcome(None, "custom_pending", attempt, True)
+        return Outcome(self._text(self.settings.placeholder_reply), "placeholder", attempt, True)
 
     def _delivered(
         self, answer: dict[str, Any], attempt: int, dedup_hit: bool, arrival: float
@@ -159,7 +183,7 @@ class Delivery:
             )
             return Outcome(None, "held", attempt, dedup_hit, held=True)
         flag = {"custom": CUSTOM_PENDING, "retry": PLACEHOLDER_SENT}.get(mode, ABANDONED)
-        answer = self.store.hand_off(key, flag)
+        answer = self.store.hand_off(key, flag, self.settings.dedup_window_s)
         if answer is not None:  # arrived between the wait and the hand-off
             return self._delivered(answer, attempt, dedup_hit, arrival)
         if mode == "custom":
@@ -262,6 +286,9 @@ class Delivery:
             answer["started_at"] = started
             rest = self._split_off_rest(answer)
             flags = self.store.finish(key, answer)
+            if flags is None:  # a job taken over from us was answered first: that one delivers
+                done.answer = self._stored_answer(key) or answer
+                return
             done.answer = answer
             done.set()
             self._hand_over_late_answer(message, answer, flags)
@@ -274,6 +301,10 @@ class Delivery:
         finally:
             done.set()
             self._done.pop(key, None)
+
+    def _stored_answer(self, key: str) -> dict[str, Any] | None:
+        job = self.store.get(key)
+        return job.answer if job else None
 
     def _finish_with_fallback(self, key: str, started: float, done: _LocalJob) -> None:
         """A job that failed before storing its answer still answers, with the fallback:
