@@ -17,6 +17,7 @@ from celestial_nexus.answerer import Answerer
 from celestial_nexus.config import Settings
 from celestial_nexus.kb import LiveKnowledgeBase
 from celestial_nexus.llm import LLMClient, LLMConfig, LLMError
+from celestial_nexus.memory import memory_key, parked_key
 from celestial_nexus.replies import load_replies
 from celestial_nexus.schemas import NormalizedMessage
 from celestial_nexus.store import LocalStore
@@ -271,3 +272,46 @@ def test_an_llm_answer_with_no_text_left_is_malformed(
     remembered = fake_llm.requests[-1]["messages"][1:-1]
     assert [m["role"] for m in remembered] == ["user", "assistant"]
     assert remembered[1]["content"].startswith("【如何更换 Token")  # not an empty turn
+
+
+class WritesHangStore(LocalStore):
+    """An in-process store whose writes hang until `release` is set, like a stopped Redis."""
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        self.release = asyncio.Event()
+
+    async def push_trim(self, key: str, values: list[str], keep: int, ttl_s: int) -> None:
+        await self.release.wait()
+        await super().push_trim(key, values, keep, ttl_s)
+
+    async def set_list(self, key: str, values: list[str], ttl_s: int) -> None:
+        await self.release.wait()
+        await super().set_list(key, values, ttl_s)
+
+
+def test_a_hanging_store_does_not_make_the_answer_late(llm_settings, fake_llm):
+    fake_llm.answer = lambda messages: "很长的回答。" * 400
+    store = WritesHangStore()
+    llm = LLMClient(LLMConfig(fake_llm.base_url, "k", "m", 2.0, 100, 0.0))
+    answerer = Answerer(
+        replace(llm_settings, deadline_margin_ms=150),
+        LiveKnowledgeBase(llm_settings.kb_dir),
+        load_replies(llm_settings.replies_file),
+        store,
+        llm,
+    )
+    msg = NormalizedMessage.model_validate(text_message("令牌怎么轮换"))
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        answer = await asyncio.wait_for(answerer.answer(msg, started + 0.6), timeout=2)
+        assert time.monotonic() - started < 0.6  # the deadline, margin included
+        assert answer.answerer == "llm" and "继续" in answer.reply.content
+        store.release.set()  # Redis answers again: the writes land after the reply
+        await answerer.finish_writes()
+        assert len(await store.get_list(memory_key("oUser1"))) == 2
+        assert await store.get_list(parked_key("oUser1"))
+        await llm.close()
+
+    asyncio.run(scenario())

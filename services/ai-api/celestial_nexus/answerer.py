@@ -9,11 +9,13 @@ erases the user's data. Long answers go out in parts, the rest parked for `继�
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from . import metrics
 from .chat_text import markdown_to_plain, split_text, utf8_len
@@ -75,6 +77,7 @@ class Answerer:
         self.parked = ParkedParts(store, settings.parked_ttl_s)
         longest_hint = utf8_len(texts.continue_hint.format(remaining=999))
         self.part_bytes = MAX_TEXT_BYTES - longest_hint - 2  # 2: the blank line before the hint
+        self._late_writes: set[asyncio.Task[None]] = set()
 
     async def answer(
         self, msg: NormalizedMessage, deadline_at: float, whole: bool = False
@@ -160,11 +163,48 @@ class Answerer:
                 answerer = "llm"
         if answer_text is None:
             answer_text = self.texts.no_answer if best is None else best.passage.chat_text()
-        if self.llm is not None:
-            await self.memory.remember(openid, question, answer_text)
-        first = answer_text if whole else await self._deliver(openid, answer_text)
+        first, rest = (answer_text, None) if whole else self._split(answer_text)
+        await self._store_by_deadline(
+            self._store_answer(openid, question, answer_text, rest), deadline_at
+        )
         outcome = "no_answer" if answerer == "kb" and best is None else "answered"
         return Answer(TextReply(content=first), answerer, outcome)
+
+    async def _store_answer(
+        self, openid: str, question: str, answer_text: str, rest: list[str] | None
+    ) -> None:
+        """Remember the exchange (with an LLM) and park the parts after the first, if any."""
+        if self.llm is not None:
+            await self.memory.remember(openid, question, answer_text)
+        if rest is not None:
+            await self.parked.park(openid, rest)
+
+    async def _store_by_deadline(
+        self, write: Coroutine[Any, Any, None], deadline_at: float
+    ) -> None:
+        """Run `write`, waiting for it only until the reply is due.
+
+        A hanging Redis costs up to its socket timeout per call, more than the margin kept
+        to send the reply. A write still running then finishes after the reply (in Redis,
+        or in the in-process store once Redis is declared down): the answer is not late,
+        and only a message racing that write may miss it.
+        """
+        task = asyncio.ensure_future(write)
+        self._late_writes.add(task)  # holds a reference until the task is done
+        task.add_done_callback(self._late_writes.discard)
+        wait_s = self._budget_s(deadline_at)
+        if wait_s > 0:
+            await asyncio.wait({task}, timeout=wait_s)
+        if task.done():
+            task.result()  # a failure surfaces as it did when the write was awaited
+            return
+        log.warning("storing the answer outlasts the reply deadline; finishing it after the reply")
+        task.add_done_callback(_log_late_failure)
+
+    async def finish_writes(self) -> None:
+        """Wait for writes still running after their reply went out (before shutdown)."""
+        if self._late_writes:
+            await asyncio.wait(set(self._late_writes))
 
     async def _ask_llm(
         self, openid: str, question: str, hits: list[Hit], deadline_at: float
@@ -193,13 +233,12 @@ class Answerer:
         """Seconds left for the LLM: to the deadline, less the margin to send the reply."""
         return deadline_at - self.clock() - self.settings.deadline_margin_ms / 1000
 
-    async def _deliver(self, openid: str, text: str) -> str:
-        """The first part of `text`; the rest parked for `继续` (replacing older parts)."""
+    def _split(self, text: str) -> tuple[str, list[str]]:
+        """The first part of `text` with the `继续` hint, and the parts to park after it."""
         parts = [p for p in (s.strip() for s in split_text(text, self.part_bytes)) if p]
         if not parts:
             parts = [self.texts.no_answer]
-        await self.parked.park(openid, parts[1:])
-        return self._with_hint(parts[0], len(parts) - 1)
+        return self._with_hint(parts[0], len(parts) - 1), parts[1:]
 
     def _with_hint(self, part: str, remaining: int) -> str:
         if remaining <= 0:
@@ -214,3 +253,8 @@ async def _plain_answer(llm: LLMClient, messages: list[dict[str, str]], timeout_
     if not plain:
         raise LLMError("malformed", "nothing left as plain text")
     return plain
+
+
+def _log_late_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("storing an answer after its reply failed", exc_info=task.exception())

@@ -83,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
             )
         app.state.store = store
-        app.state.answerer = Answerer(settings, kb, texts, store, llm)
+        answerer = Answerer(settings, kb, texts, store, llm)
+        app.state.answerer = answerer
         if redis_store is not None:
             await store.check()
         log.info(
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await answerer.finish_writes()
             if llm is not None:
                 await llm.close()
             await store.close()
