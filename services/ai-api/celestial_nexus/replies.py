@@ -24,6 +24,12 @@ TEXT_KEYS = (
     "location",
     "unsupported",
 )
+# The texts filled in with str.format, each with the fields it may use and a sample value.
+TEMPLATE_FIELDS: dict[str, dict[str, object]] = {
+    "continue_hint": {"remaining": 999},
+    "link": {"title": "链接标题"},
+    "location": {"label": "地点"},
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,20 @@ def _text(where: str, value: object) -> str:
     return value.strip()
 
 
+def _check_template(key: str, text: str) -> None:
+    """Fill `text` in with sample values now: a placeholder it cannot fill would otherwise
+    turn every message that uses it into a 500 (or, for continue_hint, a bare crash)."""
+    fields = TEMPLATE_FIELDS[key]
+    try:
+        text.format(**fields)
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as exc:
+        allowed = ", ".join("{" + name + "}" for name in fields)
+        raise ValueError(
+            f"{key} has a placeholder that cannot be filled in ({type(exc).__name__}: {exc}); "
+            f"it may use {allowed}, and '{{{{' or '}}}}' for a literal brace"
+        ) from None
+
+
 def load_replies(path: Path) -> ReplyTexts:
     """Read and check the replies file; a problem stops start-up naming REPLIES_FILE and the key."""
     try:
@@ -71,6 +91,8 @@ def load_replies(path: Path) -> ReplyTexts:
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
         texts = {key: _text(key, data[key]) for key in TEXT_KEYS}
+        for key in TEMPLATE_FIELDS:
+            _check_template(key, texts[key])
         scan = {
             str(k): _text(f"scan_welcome.{k}", v) for k, v in data.get("scan_welcome", {}).items()
         }
