@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from celestial_nexus.api import create_app
 from celestial_nexus.config import DEFAULT_KB_DIR, SERVICE_DIR, ConfigError, Settings
@@ -110,3 +111,18 @@ def test_a_non_ascii_api_key_stops_start_up_naming_the_variable():
     env = {"LLM_BASE_URL": "https://x/v1", "LLM_API_KEY": "sk-schlüssel", "LLM_MODEL": "m"}
     with pytest.raises(ConfigError, match="LLM_API_KEY"):
         create_app(Settings.from_env(env))
+
+
+def test_the_llm_url_is_logged_and_named_without_credentials(capfd):
+    url = "https://proxyuser:Pr0xyPassw0rd@llm.example.internal:8443/v1?api-key=sk-in-query#x"
+    settings = Settings(
+        llm_base_url=url, llm_api_key="sk-key", llm_model="m", log_level="INFO", log_format="json"
+    )
+    with TestClient(create_app(settings)):
+        pass
+    err = capfd.readouterr().err
+    assert "m at https://llm.example.internal:8443/v1" in err
+    assert "Pr0xyPassw0rd" not in err and "proxyuser" not in err and "sk-in-query" not in err
+    with pytest.raises(ConfigError, match="LLM_BASE_URL") as info:
+        Settings(llm_base_url="ftp://proxyuser:Pr0xyPassw0rd@h/v1", llm_api_key="k", llm_model="m")
+    assert "Pr0xyPassw0rd" not in str(info.value) and "'ftp://h/v1'" in str(info.value)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from . import metrics
 from .answerer import KNOWN_TYPES, Answerer
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, url_for_logs
 from .kb import LiveKnowledgeBase
 from .llm import LLMClient, LLMConfig
 from .logs import configure_logging
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.check()
         log.info(
             "AI API ready: llm=%s redis=%s",
-            f"{settings.llm_model} at {settings.llm_base_url}" if llm else "off",
+            f"{settings.llm_model} at {url_for_logs(settings.llm_base_url)}" if llm else "off",
             store.state,
         )
         watcher = asyncio.create_task(_watch_kb(kb, settings.kb_reload_interval_s))

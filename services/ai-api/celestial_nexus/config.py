@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_KB_DIR = SERVICE_DIR / "kb"
@@ -135,7 +136,7 @@ class Settings:
             )
         if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
             raise ConfigError(
-                f"Config 'LLM_BASE_URL' has value {self.llm_base_url!r}. "
+                f"Config 'LLM_BASE_URL' has value {url_for_logs(self.llm_base_url)!r}. "
                 "Use an http(s) URL such as https://api.openai.com/v1."
             )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -198,6 +199,17 @@ class Settings:
 
 # Environment names that differ from the upper-cased field name.
 ENV_NAMES = {"llm_timeout_s": "LLM_TIMEOUT"}
+
+
+def url_for_logs(url: str) -> str:
+    """`url` without user:password@, query and fragment: credentials travel in them
+    (a proxy's login, an ?api-key=), and logs and error messages must not carry them."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed host ("http://[x"): nothing of it is worth the risk
+        return "(unparsable URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def env_name(field_name: str) -> str:
