@@ -176,3 +176,39 @@ def test_a_retry_after_the_push_took_over_answers_success(make_gateway, fake_ai)
     assert sender.called.wait(5)
     assert gateway.post(fields).data == b"success"  # the retry, after the answer is stored
     assert sender.sent == [("oOnce", {"type": "text", "content": "答：慢"})]
+
+
+def test_a_push_that_fails_unexpectedly_parks_the_answer(make_gateway, fake_ai):
+    class BrokenSender(RecordingSender):
+        def deliver(self, openid, reply):
+            super().deliver(openid, reply)
+            raise ConnectionError("redis went away under the token lock")
+
+    sender = BrokenSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oBroken")
+    assert gateway.post(fields).data == b"success"
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    key = f"msg:{fields['MsgId']}:oBroken:{fields['CreateTime']}"
+    wait_until(lambda: sender.called.is_set() and key not in delivery._done, 5, "the push")
+    fake_ai.latency_s = 0
+    parked = gateway.reply_of(gateway.post(text_message("在吗", openid="oBroken")))
+    assert parked["Content"] == "答：慢"
+
+
+def test_a_late_answer_with_nothing_to_show_is_not_parked(make_gateway, fake_ai):
+    """Parked, it would turn the user's next message into a bare `success`."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
+    fake_ai.latency_s = 0.6
+    fake_ai.reply_for = lambda message: {"type": "text", "content": ""}
+    fields = text_message("空", openid="oEmpty")
+    assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
+    services = gateway.app.extensions["celestial_nexus"]
+    key = f"msg:{fields['MsgId']}:oEmpty:{fields['CreateTime']}"
+    wait_until(lambda: key not in services.delivery._done, 5, "the job to hand its answer over")
+    assert services.store.get(key).answer["reply"] == {"type": "text", "content": ""}
+    fake_ai.latency_s = 0
+    fake_ai.reply_for = lambda message: {"type": "text", "content": "答：" + message["content"]}
+    again = gateway.reply_of(gateway.post(text_message("在吗", openid="oEmpty")))
+    assert again["Content"] == "答：在吗"

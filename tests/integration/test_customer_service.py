@@ -9,6 +9,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from tests.support.fake_wechat_api import FakeWeChatApi
+from tests.support.processes import free_port
 from wechat_gateway.customer_service import AccessTokenProvider, CustomServiceSender
 
 pytestmark = pytest.mark.integration
@@ -125,3 +126,11 @@ def test_half_sent_long_answer_parks_only_the_rest(api, redis_client):
     unsent = sender(provider(api, redis_client)).deliver("oHalf", {"type": "text", "content": text})
     sent = api.texts_to("oHalf")
     assert len(sent) == 1 and sent[0] + unsent["content"] == text
+
+
+def test_a_redis_that_is_down_does_not_stop_the_token(api):
+    """The refresh lock lives in Redis; with Redis unreachable this process fetches alone."""
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    tokens = provider(api, unreachable)
+    assert tokens.token() == "TOKEN-1" and tokens.token() == "TOKEN-1"
+    assert api.token_fetches == 1

@@ -10,6 +10,7 @@ https://developers.weixin.qq.com/doc/service/en/api/customer/message/api_sendcus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -118,14 +119,22 @@ class AccessTokenProvider:
         would otherwise fetch a second token.
         """
         if self.client is None:
-            with self._local_lock:
-                return self._replaced(self._local, stale) or self._fetch()
-        if self.client.set(self._lock_key, "1", nx=True, ex=10):
+            return self._refresh_alone(stale)
+        try:
+            locked = self.client.set(self._lock_key, "1", nx=True, ex=10)
+        except redis.RedisError:  # Redis down: this process refreshes for itself meanwhile
+            return self._refresh_alone(stale)
+        if locked:
             try:
                 return self._replaced(self._cached(), stale) or self._fetch()
             finally:
-                self.client.delete(self._lock_key)
+                with contextlib.suppress(redis.RedisError):
+                    self.client.delete(self._lock_key)
         return self._await_other_refresher(stale)
+
+    def _refresh_alone(self, stale: str | None) -> str:
+        with self._local_lock:
+            return self._replaced(self._local, stale) or self._fetch()
 
     def _replaced(self, cached: dict[str, Any] | None, stale: str | None) -> str | None:
         """The cached token when it is another than `stale` and still valid, else None."""

@@ -76,6 +76,14 @@ class Outcome:
     held: bool = False
 
 
+_REPLY_BODY = {"text": "content", "image": "media_id", "news": "articles"}
+
+
+def sendable(reply: dict[str, Any] | None) -> bool:
+    """Whether `reply` renders as a passive reply (replies.render_reply), not `success`."""
+    return bool(reply and reply.get(_REPLY_BODY.get(str(reply.get("type")), "")))
+
+
 def user_key(message: dict[str, Any]) -> str:
     return f"{message['account_id']}:{message['openid']}"
 
@@ -375,26 +383,38 @@ class Delivery:
     def _push_rest(self, message: dict[str, Any], answer: dict[str, Any], rest: str) -> None:
         """The rest of a long answer whose first part went out passively."""
         rest_reply = {"type": "text", "content": rest}
-        unsent = self.sender.deliver(message["openid"], rest_reply) if self.sender else rest_reply
+        unsent = self._push(message["openid"], rest_reply)
         if unsent is not None:
             self.store.park(
                 user_key(message), {**answer, "reply": unsent}, self.settings.parked_ttl_s
             )
+
+    def _push(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
+        """The customer-service push; what it could not send, to be parked. An unexpected
+        failure (Redis down under the token lock, a bug) parks the whole reply."""
+        if self.sender is None:
+            return reply
+        try:
+            return self.sender.deliver(openid, reply)
+        except Exception:
+            log.exception("customer-service push failed", extra={"event": "custom_send_error"})
+            return reply
 
     def _hand_over_late_answer(
         self, message: dict[str, Any], answer: dict[str, Any], flags: set[str]
     ) -> None:
         """The answer came after the last attempt gave up: push it or park it.
 
-        A fallback is not parked: the user's next message deserves a real attempt.
+        A fallback is not parked: the user's next message deserves a real attempt. Nor is a
+        reply with nothing to show: the next message would be answered `success`.
         """
-        if not flags or answer.get("reply") is None or answer.get("source") == "fallback":
+        if not flags or not sendable(answer.get("reply")) or answer.get("source") == "fallback":
             return
         reply = answer["reply"]
         if answer.get("rest"):  # nothing went out passively: send the whole answer
             reply = {**reply, "content": reply["content"] + answer["rest"]}
         if CUSTOM_PENDING in flags and self.sender is not None:
-            unsent = self.sender.deliver(message["openid"], reply)
+            unsent = self._push(message["openid"], reply)
             if unsent is None:
                 self._count_reply("custom", answer)
                 return
