@@ -26,3 +26,14 @@ def test_whole_answer_is_not_split_nor_parked(make_client, base_settings, kb_cop
     assert "没有更多" in reply_text(client.post("/v1/reply", json=text_message("继续")))
     first = reply_text(client.post("/v1/reply", json=text_message("超长说明文档")))
     assert utf8_len(first) <= 2000 and "继续" in first  # without the header: parts as usual
+
+
+def test_a_whole_answer_replaces_parts_parked_before(make_client, base_settings, kb_copy: Path):
+    (kb_copy / "长文.md").write_text("# 超长说明文档\n\n" + "很长的句子。" * 2000, encoding="utf-8")
+    client = make_client(replace(base_settings, kb_dir=kb_copy))
+    assert "继续" in reply_text(client.post("/v1/reply", json=text_message("超长说明文档")))
+    whole = client.post(
+        "/v1/reply", json=text_message("令牌怎么轮换"), headers={"X-Reply-Parts": "all"}
+    )
+    assert reply_text(whole).startswith("【如何更换 Token（令牌轮换）】")
+    assert "没有更多" in reply_text(client.post("/v1/reply", json=text_message("继续")))

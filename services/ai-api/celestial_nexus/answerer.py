@@ -163,7 +163,8 @@ class Answerer:
                 answerer = "llm"
         if answer_text is None:
             answer_text = self.texts.no_answer if best is None else best.passage.chat_text()
-        first, rest = (answer_text, None) if whole else self._split(answer_text)
+        # A whole answer parks nothing, and still replaces what an earlier answer parked.
+        first, rest = (answer_text, []) if whole else self._split(answer_text)
         await self._store_by_deadline(
             self._store_answer(openid, question, answer_text, rest), deadline_at
         )
@@ -171,13 +172,12 @@ class Answerer:
         return Answer(TextReply(content=first), answerer, outcome)
 
     async def _store_answer(
-        self, openid: str, question: str, answer_text: str, rest: list[str] | None
+        self, openid: str, question: str, answer_text: str, rest: list[str]
     ) -> None:
-        """Remember the exchange (with an LLM) and park the parts after the first, if any."""
+        """Remember the exchange (with an LLM) and park the parts after the first."""
         if self.llm is not None:
             await self.memory.remember(openid, question, answer_text)
-        if rest is not None:
-            await self.parked.park(openid, rest)
+        await self.parked.park(openid, rest)
 
     async def _store_by_deadline(
         self, write: Coroutine[Any, Any, None], deadline_at: float
