@@ -299,3 +299,19 @@ def test_an_erasure_while_redis_is_down_is_replayed_when_it_returns(
     fake_llm.answer = lambda messages: "好的。"
     reply_text(client.post("/v1/reply", json=text_message("你好")))
     assert [m["role"] for m in fake_llm.requests[-1]["messages"]] == ["system", "user"]
+
+
+def test_a_long_text_is_answered_and_searched_by_its_beginning(
+    make_client, base_settings, monkeypatch
+):
+    client = make_client(base_settings)
+    kb = client.app.state.kb.current
+    searched: list[str] = []
+    search = kb.search
+    monkeypatch.setattr(kb, "search", lambda query, k=3: searched.append(query) or search(query, k))
+    long_text = "令牌怎么轮换" + "请" * 30000  # unpunctuated: one block for jieba's HMM
+    for body in (text_message(long_text), message("voice", recognition=long_text)):
+        assert reply_text(client.post("/v1/reply", json=body)).startswith("【如何更换 Token")
+    assert len(searched) == 2 and all(len(query) <= 500 for query in searched)
+    too_long = {**message("link", url="https://x.example/"), "title": "长" * 20001}
+    assert client.post("/v1/reply", json=too_long).status_code == 422  # other fields: bounded

@@ -19,7 +19,7 @@ from celestial_nexus.kb import LiveKnowledgeBase
 from celestial_nexus.llm import LLMClient, LLMConfig, LLMError
 from celestial_nexus.memory import memory_key, parked_key
 from celestial_nexus.replies import load_replies
-from celestial_nexus.schemas import NormalizedMessage
+from celestial_nexus.schemas import MAX_QUESTION_CHARS, NormalizedMessage
 from celestial_nexus.store import LocalStore
 from tests.ai_api.conftest import metric, reply_text, text_message
 
@@ -315,3 +315,11 @@ def test_a_hanging_store_does_not_make_the_answer_late(llm_settings, fake_llm):
         await llm.close()
 
     asyncio.run(scenario())
+
+
+def test_a_long_question_reaches_the_llm_cut_to_its_beginning(make_client, llm_settings, fake_llm):
+    client = make_client(llm_settings)
+    long_text = "令牌怎么轮换？" + "补充说明。" * 6000
+    assert reply_text(client.post("/v1/reply", json=text_message(long_text)))
+    question = fake_llm.requests[-1]["messages"][-1]["content"]
+    assert question == long_text[:MAX_QUESTION_CHARS] and MAX_QUESTION_CHARS == 4000

@@ -36,6 +36,9 @@ COMMANDS = {
 }
 _COMMAND_NOISE = re.compile(r"[\s。.!！~～]+")
 MIN_LLM_BUDGET_S = 0.3  # below this, asking the LLM cannot pay off: answer from the KB
+# The knowledge base is searched with the question's beginning only: segmenting costs
+# about 2 ms per 100 characters of unpunctuated Chinese, on the event loop.
+SEARCH_CHARS = 500
 KNOWN_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link", "event"}
 
 
@@ -153,7 +156,7 @@ class Answerer:
     ) -> Answer:
         kb = self.kb.current
         k = max(1, self.settings.llm_context_passages) if self.llm else 1
-        hits = kb.search(question, k=k)
+        hits = kb.search(question[:SEARCH_CHARS], k=k)
         best = hits[0] if hits and hits[0].confidence >= self.settings.kb_min_score else None
         answer_text: str | None = None
         answerer = "kb"

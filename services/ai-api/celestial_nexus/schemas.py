@@ -7,13 +7,17 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_TEXT_BYTES = 2000  # one WeChat text bubble holds about 2048 bytes of UTF-8; keep a margin
+MAX_FIELD_CHARS = 20000  # any string field but the user's text: longer is no WeChat message
+# The user's text (or voice recognition) beyond this is cut, not refused: the user still gets
+# an answer to what they began with, and the prompt stays bounded.
+MAX_QUESTION_CHARS = 4000
 
 
 class NormalizedMessage(BaseModel):
     """One WeChat callback as the gateway normalized it: any message type or event."""
 
     # Unknown fields are ignored so a newer gateway can add fields without breaking us.
-    model_config = ConfigDict(extra="ignore", str_max_length=20000)
+    model_config = ConfigDict(extra="ignore", str_max_length=MAX_FIELD_CHARS)
 
     schema_version: Literal[1] = Field(description="Contract version; always 1.")
     msg_id: str | None = Field(None, description="WeChat's MsgId; events have none.")
@@ -55,6 +59,11 @@ class NormalizedMessage(BaseModel):
     pic_count: int | None = Field(None, description="pic_* events: pictures sent.")
     pic_md5_sums: list[str] | None = Field(None, description="pic_* events: their MD5 sums.")
     poiname: str | None = Field(None, description="location_select event: the place's name.")
+
+    @field_validator("content", "recognition", mode="before")
+    @classmethod
+    def _cut_long_text(cls, value: object) -> object:
+        return value[:MAX_QUESTION_CHARS] if isinstance(value, str) else value
 
     @field_validator("type")
     @classmethod
