@@ -43,6 +43,17 @@ def test_rotation_lists():
         ({**GOOD, "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({**GOOD, "WECHAT_SLOW_REPLY_MODE": "custom"}, "WECHAT_APPSECRET"),
         ({**GOOD, "WECHAT_TOKEN": "has space"}, "WECHAT_TOKEN"),
+        # A job may wait for its answer longer than the window keeps it:
+        ({**GOOD, "WECHAT_DEDUP_WINDOW": "30"}, "WECHAT_LATE_ANSWER_TIMEOUT"),
+        (
+            {
+                **GOOD,
+                "WECHAT_CUSTOM_WINDOW": "300",
+                "WECHAT_SLOW_REPLY_MODE": "custom",
+                "WECHAT_APPSECRET": "appsecret123",
+            },
+            "WECHAT_CUSTOM_WINDOW",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env, names):

@@ -161,3 +161,14 @@ def test_failover_to_the_local_store_and_back():
     clock.now += 2
     assert store.claim("k3", "o", 1000.0, 120, 3.0).store == "local"  # primary's LocalStore
     assert store.name == "redis"
+
+
+def test_redis_up_tells_the_truth_from_start_up():
+    """Before any callback: a quiet gateway must still raise the RedisDown alert."""
+    from tests.support.exposition import metric_sum
+    from tests.support.processes import free_port
+    from wechat_gateway.dedup import build_store
+    from wechat_gateway.metrics_export import render_metrics
+
+    build_store(f"redis://127.0.0.1:{free_port()}/0", 10)
+    assert metric_sum(render_metrics().decode(), "wechat_redis_up") == 0

@@ -8,6 +8,7 @@ that object, so serving several Official Accounts later is a routing change.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -245,6 +246,18 @@ def redacted_url(url: str) -> str:
     return _URL_USERINFO.sub(r"\1***@", url)
 
 
+def _longest_job(settings: Settings) -> tuple[float, str]:
+    """How long a job may wait for the AI's answer in this slow-reply mode, and the setting."""
+    if settings.slow_reply_mode == "custom":
+        return settings.custom_window_s, "WECHAT_CUSTOM_WINDOW"
+    if settings.slow_reply_mode == "retry":
+        return max(
+            (settings.delivery_window_s, "WECHAT_DELIVERY_WINDOW"),
+            (settings.late_answer_timeout_s, "WECHAT_LATE_ANSWER_TIMEOUT"),
+        )
+    return settings.reply_budget_s, "WECHAT_REPLY_BUDGET"
+
+
 def _check_consistency(settings: Settings) -> None:
     """Rules that involve several variables."""
     if settings.reply_budget_s >= 5:
@@ -256,6 +269,13 @@ def _check_consistency(settings: Settings) -> None:
         raise ConfigError(
             f"WECHAT_DEDUP_WINDOW is {settings.dedup_window_s}: it must outlive WeChat's "
             "~15 s of retries (use at least 20; 120 is the default)"
+        )
+    job_life_s, setting = _longest_job(settings)
+    if settings.dedup_window_s < job_life_s + 5:
+        raise ConfigError(
+            f"WECHAT_DEDUP_WINDOW is {settings.dedup_window_s}: a job may wait {job_life_s:g} s "
+            f"for its answer ({setting}), and the answer must find the job still there "
+            f"(use at least {math.ceil(job_life_s) + 5})"
         )
     if settings.slow_reply_mode == "custom" and not (settings.account.appid and settings.appsecret):
         raise ConfigError(

@@ -454,6 +454,14 @@ class FailoverStore:
         except (redis.RedisError, OSError):
             return False
 
+    def probe(self) -> None:
+        """Reach Redis once now: wechat_redis_up then tells the truth from start-up, not
+        from the first callback (a quiet gateway would never raise the RedisDown alert)."""
+        try:
+            self.primary.ping()
+        except (redis.RedisError, OSError) as exc:
+            self._mark_down(exc)
+
 
 def build_store(redis_url: str | None, capacity: int) -> JobStore:
     """Redis with in-process fallback when REDIS_URL is set, else the in-process store."""
@@ -470,4 +478,6 @@ def build_store(redis_url: str | None, capacity: int) -> JobStore:
         socket_timeout=1.0,
         health_check_interval=10,
     )
-    return FailoverStore(RedisStore(redis.Redis(connection_pool=pool)), local)
+    store = FailoverStore(RedisStore(redis.Redis(connection_pool=pool)), local)
+    store.probe()
+    return store
