@@ -315,3 +315,19 @@ def test_a_long_text_is_answered_and_searched_by_its_beginning(
     assert len(searched) == 2 and all(len(query) <= 500 for query in searched)
     too_long = {**message("link", url="https://x.example/"), "title": "长" * 20001}
     assert client.post("/v1/reply", json=too_long).status_code == 422  # other fields: bounded
+
+
+def test_a_huge_answer_goes_out_in_a_bounded_number_of_parts(
+    make_client, base_settings, tmp_path: Path
+):
+    kb_dir = tmp_path / "kb"
+    kb_dir.mkdir()
+    (kb_dir / "manual.txt").write_text("超长手册\n" + "x" * 100_000, encoding="utf-8")
+    client = make_client(replace(base_settings, kb_dir=kb_dir))
+    parts = [reply_text(client.post("/v1/reply", json=text_message("超长手册")))]
+    assert "还剩 19 段" in parts[0]
+    while "继续" in parts[-1]:
+        parts.append(reply_text(client.post("/v1/reply", json=text_message("继续"))))
+        assert len(parts) <= 20
+    assert len(parts) == 20 and all(utf8_len(part) <= 2000 for part in parts)
+    assert "没有更多" in reply_text(client.post("/v1/reply", json=text_message("继续")))

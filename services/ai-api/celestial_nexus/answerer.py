@@ -39,6 +39,9 @@ MIN_LLM_BUDGET_S = 0.3  # below this, asking the LLM cannot pay off: answer from
 # The knowledge base is searched with the question's beginning only: segmenting costs
 # about 2 ms per 100 characters of unpunctuated Chinese, on the event loop.
 SEARCH_CHARS = 500
+# An answer goes out in at most this many parts (the first, then 继续 ...); the rest is cut.
+# A huge knowledge-base passage would otherwise park megabytes per user.
+MAX_ANSWER_PARTS = 20
 KNOWN_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link", "event"}
 
 
@@ -78,7 +81,7 @@ class Answerer:
         self.clock = clock
         self.memory = ConversationMemory(store, settings.memory_turns, settings.memory_ttl_s)
         self.parked = ParkedParts(store, settings.parked_ttl_s)
-        longest_hint = utf8_len(texts.continue_hint.format(remaining=999))
+        longest_hint = utf8_len(texts.continue_hint.format(remaining=MAX_ANSWER_PARTS - 1))
         self.part_bytes = MAX_TEXT_BYTES - longest_hint - 2  # 2: the blank line before the hint
         self._late_writes: set[asyncio.Task[None]] = set()
 
@@ -238,7 +241,17 @@ class Answerer:
 
     def _split(self, text: str) -> tuple[str, list[str]]:
         """The first part of `text` with the `继续` hint, and the parts to park after it."""
-        parts = [p for p in (s.strip() for s in split_text(text, self.part_bytes)) if p]
+        # A character is at least one byte: this many characters fill every allowed part.
+        bounded = text[: MAX_ANSWER_PARTS * self.part_bytes]
+        parts = [p for p in (s.strip() for s in split_text(bounded, self.part_bytes)) if p]
+        if len(parts) > MAX_ANSWER_PARTS or len(bounded) < len(text):
+            log.warning(
+                "an answer of %d characters was cut to its first %d parts; shorten the "
+                "knowledge-base passage (or LLM_MAX_TOKENS)",
+                len(text),
+                MAX_ANSWER_PARTS,
+            )
+            parts = parts[:MAX_ANSWER_PARTS]
         if not parts:
             parts = [self.texts.no_answer]
         return self._with_hint(parts[0], len(parts) - 1), parts[1:]
