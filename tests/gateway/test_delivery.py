@@ -6,6 +6,8 @@ import threading
 
 from tests.support.processes import wait_until
 from tests.support.wechat import event_message, text_message
+from wechat_gateway.customer_service import PART_BYTES
+from wechat_gateway.splitting import split_utf8
 
 
 class RecordingSender:
@@ -212,3 +214,26 @@ def test_a_late_answer_with_nothing_to_show_is_not_parked(make_gateway, fake_ai)
     fake_ai.reply_for = lambda message: {"type": "text", "content": "答：" + message["content"]}
     again = gateway.reply_of(gateway.post(text_message("在吗", openid="oEmpty")))
     assert again["Content"] == "答：在吗"
+
+
+def test_a_long_parked_answer_comes_back_whole_one_bubble_a_message(make_gateway, fake_ai):
+    """Parked whole, a 6000-byte answer was cut to one 2047-byte passive reply."""
+    long_answer = "第一句话很长。" * 290  # 6090 bytes of UTF-8
+    sender = RecordingSender(refuse=True)  # e.g. 45015: outside the 48-hour window
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
+    fake_ai.latency_s = 0.8
+    fake_ai.reply_for = lambda message: {"type": "text", "content": long_answer}
+    fields = text_message("长", openid="oLongPark")
+    assert gateway.post(fields).data == b"success"
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    key = f"msg:{fields['MsgId']}:oLongPark:{fields['CreateTime']}"
+    wait_until(lambda: sender.called.is_set() and key not in delivery._done, 5, "the parking")
+    fake_ai.latency_s = 0
+    parts = split_utf8(long_answer, PART_BYTES)
+    assert len(parts) == 4
+    bubbles = [
+        gateway.reply_of(gateway.post(text_message(f"下一条{i}", openid="oLongPark")))["Content"]
+        for i in range(len(parts) + 1)
+    ]
+    assert bubbles[:-1] == parts  # each message fetches the next bubble
+    assert bubbles[-1] == parts[0]  # then the user's own question is answered again

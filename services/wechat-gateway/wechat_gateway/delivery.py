@@ -385,9 +385,7 @@ class Delivery:
         rest_reply = {"type": "text", "content": rest}
         unsent = self._push(message["openid"], rest_reply)
         if unsent is not None:
-            self.store.park(
-                user_key(message), {**answer, "reply": unsent}, self.settings.parked_ttl_s
-            )
+            self._park(message, {**answer, "reply": unsent})
 
     def _push(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
         """The customer-service push; what it could not send, to be parked. An unexpected
@@ -419,6 +417,19 @@ class Delivery:
                 self._count_reply("custom", answer)
                 return
             reply = unsent
-        answer = {**answer, "reply": reply, "rest": ""}
-        self.store.park(user_key(message), answer, self.settings.parked_ttl_s)
+        self._park(message, {**answer, "reply": reply, "rest": ""})
         log.info("late answer parked for the user's next message", extra={"event": "parked"})
+
+    def _park(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Park `answer` for the user's next messages: a long text as several bubbles, one
+        per message, since a passive reply shows only about 2000 bytes."""
+        reply = answer["reply"]
+        bubbles = [reply]
+        if reply.get("type") == "text":
+            bubbles = [
+                {**reply, "content": part} for part in split_utf8(reply["content"], PART_BYTES)
+            ]
+        for bubble in bubbles:
+            self.store.park(
+                user_key(message), {**answer, "reply": bubble}, self.settings.parked_ttl_s
+            )
