@@ -37,3 +37,15 @@ def test_a_whole_answer_replaces_parts_parked_before(make_client, base_settings,
     )
     assert reply_text(whole).startswith("【如何更换 Token（令牌轮换）】")
     assert "没有更多" in reply_text(client.post("/v1/reply", json=text_message("继续")))
+
+
+def test_parts_are_stored_before_the_reply_even_inside_the_deadline_margin(
+    make_client, base_settings, kb_copy: Path, capfd
+):
+    (kb_copy / "长文.md").write_text("# 超长说明文档\n\n" + "很长的句子。" * 2000, encoding="utf-8")
+    client = make_client(replace(base_settings, kb_dir=kb_copy, deadline_margin_ms=150))
+    late = {"X-Reply-Deadline-Ms": "100"}  # already inside the margin when it arrives
+    first = reply_text(client.post("/v1/reply", json=text_message("超长说明文档"), headers=late))
+    assert "继续" in first
+    assert "outlasts the reply deadline" not in capfd.readouterr().err  # stored in time
+    assert "很长的句子" in reply_text(client.post("/v1/reply", json=text_message("继续")))

@@ -42,6 +42,9 @@ SEARCH_CHARS = 500
 # An answer goes out in at most this many parts (the first, then 继续 ...); the rest is cut.
 # A huge knowledge-base passage would otherwise park megabytes per user.
 MAX_ANSWER_PARTS = 20
+# Storing an answer is awaited at least this long, even when the deadline margin has begun:
+# a healthy store takes about a millisecond, and the next message then finds what it stored.
+MIN_STORE_WAIT_S = 0.01
 KNOWN_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "link", "event"}
 
 
@@ -198,9 +201,7 @@ class Answerer:
         task = asyncio.ensure_future(write)
         self._late_writes.add(task)  # holds a reference until the task is done
         task.add_done_callback(self._late_writes.discard)
-        wait_s = self._budget_s(deadline_at)
-        if wait_s > 0:
-            await asyncio.wait({task}, timeout=wait_s)
+        await asyncio.wait({task}, timeout=max(self._budget_s(deadline_at), MIN_STORE_WAIT_S))
         if task.done():
             task.result()  # a failure surfaces as it did when the write was awaited
             return
