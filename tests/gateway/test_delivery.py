@@ -74,6 +74,24 @@ def test_unsubscribe_erases_parked_answers(gateway, fake_ai):
     assert store.pop_parked(user) is None
 
 
+def test_an_answer_in_flight_at_unsubscribe_is_not_parked(make_gateway, fake_ai):
+    """Placeholder sent, the user unsubscribes, the answer arrives: it must not wait for
+    them to come back (WeChat's rules: what we keep about a user goes at unsubscribe)."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
+    fake_ai.latency_s = 0.8
+    fields = text_message("私人问题", openid="oGone")
+    assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
+    fake_ai.latency_s = 0  # for the unsubscribe; the question's answer is still on its way
+    answer_of = fake_ai.reply_for
+    fake_ai.reply_for = lambda m: None if m["type"] == "event" else answer_of(m)
+    assert gateway.post(event_message("unsubscribe", openid="oGone")).data == b"success"
+    services = gateway.app.extensions["celestial_nexus"]
+    key = f"msg:{fields['MsgId']}:oGone:{fields['CreateTime']}"
+    wait_until(lambda: key not in services.delivery._done, 5, "the late answer")
+    assert services.store.get(key).answer["reply"]["content"] == "答：私人问题"  # it came
+    assert services.store.pop_parked("gh_0123456789ab:oGone") is None
+
+
 def test_fallback_answers_are_not_parked(make_gateway, fake_ai):
     gateway = make_gateway(
         reply_budget_s=0.3,

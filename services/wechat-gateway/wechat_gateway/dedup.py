@@ -70,7 +70,8 @@ class JobStore(Protocol):
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None: ...
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None: ...
     def pop_parked(self, user: str) -> dict[str, Any] | None: ...
-    def clear_parked(self, user: str) -> None: ...
+    def erase_user(self, user: str, now: float, ttl_s: int) -> None: ...
+    def erased_since(self, user: str, since: float) -> bool: ...
     def ping(self) -> bool: ...
 
 
@@ -85,6 +86,7 @@ class LocalStore:
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._parked: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+        self._erased: OrderedDict[str, tuple[float, float]] = OrderedDict()  # user -> when
 
     def _live(self, table: OrderedDict, key: str) -> Any:
         entry = table.get(key)
@@ -199,9 +201,15 @@ class LocalStore:
             del self._parked[user]
         return first
 
-    def clear_parked(self, user: str) -> None:
+    def erase_user(self, user: str, now: float, ttl_s: int) -> None:
         with self._lock:
             self._parked.pop(user, None)
+            self._put(self._erased, user, now, ttl_s)
+
+    def erased_since(self, user: str, since: float) -> bool:
+        with self._lock:
+            erased_at = self._live(self._erased, user)
+            return erased_at is not None and erased_at >= since
 
     def ping(self) -> bool:
         return True
@@ -281,6 +289,9 @@ class RedisStore:
     def _parked_key(self, user: str) -> str:
         return f"{self.prefix}:parked:{user}"
 
+    def _erased_key(self, user: str) -> str:
+        return f"{self.prefix}:erased:{user}"
+
     @staticmethod
     def _view(key: str, values: list[bytes | None], is_new: bool) -> Job:
         """A Job from the values of _JOB_FIELDS (None or b"" where a field is missing)."""
@@ -350,8 +361,15 @@ class RedisStore:
         raw = cast(bytes | None, self.client.lpop(self._parked_key(user)))
         return json.loads(raw) if raw else None
 
-    def clear_parked(self, user: str) -> None:
-        self.client.delete(self._parked_key(user))
+    def erase_user(self, user: str, now: float, ttl_s: int) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self._parked_key(user))
+        pipe.set(self._erased_key(user), repr(now), ex=ttl_s)
+        pipe.execute()
+
+    def erased_since(self, user: str, since: float) -> bool:
+        erased_at = self.client.get(self._erased_key(user))
+        return erased_at is not None and float(erased_at) >= since
 
     def ping(self) -> bool:
         return bool(self.client.ping())
@@ -445,8 +463,11 @@ class FailoverStore:
     def pop_parked(self, user: str) -> dict[str, Any] | None:
         return self._call("pop_parked", user)
 
-    def clear_parked(self, user: str) -> None:
-        self._call("clear_parked", user)
+    def erase_user(self, user: str, now: float, ttl_s: int) -> None:
+        self._call("erase_user", user, now, ttl_s)
+
+    def erased_since(self, user: str, since: float) -> bool:
+        return bool(self._call("erased_since", user, since))
 
     def ping(self) -> bool:
         try:

@@ -134,7 +134,8 @@ class Delivery:
             self.store.finish(key, job.answer)
         else:
             if is_event and message.get("event") == "unsubscribe":
-                self.store.clear_parked(user_key(message))
+                # Answers still in flight for this user are dropped too (_park, _push).
+                self.store.erase_user(user_key(message), arrival, s.dedup_window_s)
             self._start_job(message, key, self._window_s(), request_id)
 
         if job.flags:  # an earlier attempt handed the answer to the late path, which delivers it
@@ -407,6 +408,12 @@ class Delivery:
         reply with nothing to show: the next message would be answered `success`.
         """
         if not flags or not sendable(answer.get("reply")) or answer.get("source") == "fallback":
+            return
+        if self.store.erased_since(user_key(message), answer.get("started_at", 0.0)):
+            log.info(
+                "late answer dropped: the user unsubscribed while it was on its way",
+                extra={"event": "late_answer_erased"},
+            )
             return
         reply = answer["reply"]
         if answer.get("rest"):  # nothing went out passively: send the whole answer
