@@ -10,7 +10,13 @@ from prometheus_client import REGISTRY
 
 from tests.support.fake_wechat_api import FakeWeChatApi
 from tests.support.processes import free_port
-from wechat_gateway.customer_service import AccessTokenProvider, CustomServiceSender
+from wechat_gateway.customer_service import (
+    MORE_HINT,
+    PART_BYTES,
+    AccessTokenProvider,
+    CustomServiceSender,
+)
+from wechat_gateway.splitting import split_utf8
 
 pytestmark = pytest.mark.integration
 APPID, SECRET = "wxAPP", "secret-1"
@@ -90,6 +96,19 @@ def test_long_answers_go_out_as_several_messages(api, redis_client):
     parts = api.texts_to("oLong")
     assert len(parts) == 4 and "".join(parts) == text
     assert all(len(p.encode()) <= 2000 for p in parts)
+
+
+def test_past_the_quota_the_rest_comes_back_to_be_parked(api, redis_client):
+    """Five messages per 48 h: four parts and a 继续 hint go out, the rest is returned
+    (the gateway parks it, and the user's 继续 fetches it) instead of being dropped."""
+    text = "这是一段更长的回答。" * 500  # 15000 bytes: 8 parts
+    parts = split_utf8(text, PART_BYTES)
+    unsent = sender(provider(api, redis_client)).deliver(
+        "oQuota", {"type": "text", "content": text}
+    )
+    sent = api.texts_to("oQuota")
+    assert sent == [*parts[:4], MORE_HINT]
+    assert unsent == {"type": "text", "content": "".join(parts[4:])}
 
 
 @pytest.mark.parametrize("errcode", [48001, 45015, 45047])

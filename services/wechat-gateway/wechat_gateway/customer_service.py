@@ -36,7 +36,8 @@ PERMANENT_ERRORS = {
     40003: "invalid openid",
 }
 REFRESH_MARGIN_S = 300
-MAX_PARTS = 5
+MAX_PARTS = 5  # the quota: 5 customer-service messages per 48 h after the user's message
+MORE_HINT = "…（内容较长，回复“继续”查看后续）"
 PART_BYTES = 2000
 
 
@@ -182,9 +183,7 @@ def custom_messages(openid: str, reply: dict[str, Any]) -> list[dict[str, Any]]:
     kind = reply.get("type")
     if kind == "text":
         parts = split_utf8(str(reply.get("content") or ""), PART_BYTES)
-        if len(parts) > MAX_PARTS:  # the quota is 5 messages per 48 h
-            parts = [*parts[: MAX_PARTS - 1], "…（内容较长，回复“继续”查看后续）"]
-        return [{"touser": openid, "msgtype": "text", "text": {"content": p}} for p in parts]
+        return [_text_body(openid, part) for part in parts]
     if kind == "image":
         return [{"touser": openid, "msgtype": "image", "image": {"media_id": reply["media_id"]}}]
     if kind == "news":
@@ -197,6 +196,14 @@ def custom_messages(openid: str, reply: dict[str, Any]) -> list[dict[str, Any]]:
         }
         return [{"touser": openid, "msgtype": "news", "news": {"articles": [item]}}]
     return []
+
+
+def _text_body(openid: str, content: str) -> dict[str, Any]:
+    return {"touser": openid, "msgtype": "text", "text": {"content": content}}
+
+
+def _joined(bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "text", "content": "".join(b["text"]["content"] for b in bodies)}
 
 
 class CustomServiceSender:
@@ -218,16 +225,18 @@ class CustomServiceSender:
         """Send `reply`; what could not be sent comes back (to be parked), else None.
 
         A long text already half sent returns only its unsent parts, so parking never
-        makes the user read a part twice.
+        makes the user read a part twice. Past the quota, the last message says 继续 and
+        the rest comes back to be parked: the user's next message fetches it.
         """
-        bodies = custom_messages(openid, reply)
-        for index, body in enumerate(bodies):
+        bodies, later = custom_messages(openid, reply), []
+        if len(bodies) > MAX_PARTS:
+            bodies, later = bodies[: MAX_PARTS - 1], bodies[MAX_PARTS - 1 :]
+        for index, body in enumerate([*bodies, _text_body(openid, MORE_HINT)] if later else bodies):
             if not self._send_with_retries(body):
                 if index == 0 or body["msgtype"] != "text":
                     return reply
-                unsent = "".join(b["text"]["content"] for b in bodies[index:])
-                return {"type": "text", "content": unsent}
-        return None
+                return _joined(bodies[index:] + later)
+        return _joined(later) if later else None
 
     def _send_with_retries(self, body: dict[str, Any]) -> bool:
         token_retried = False
