@@ -88,6 +88,17 @@ class FakeClock:
         return self.now
 
 
+def answerer_over(settings, store, llm) -> Answerer:
+    """An Answerer on the test knowledge base and replies, with `store` and `llm`."""
+    return Answerer(
+        settings,
+        LiveKnowledgeBase(settings.kb_dir),
+        load_replies(settings.replies_file),
+        store,
+        llm,
+    )
+
+
 @pytest.fixture
 def clock_answerer(llm_settings: Settings):
     """An Answerer on the real LLM client with an in-process store on a fake clock."""
@@ -103,14 +114,7 @@ def clock_answerer(llm_settings: Settings):
             0.0,
         )
     )
-    answerer = Answerer(
-        replace(llm_settings, memory_ttl_s=60),
-        LiveKnowledgeBase(llm_settings.kb_dir),
-        load_replies(llm_settings.replies_file),
-        store,
-        llm,
-    )
-    yield answerer, clock
+    yield answerer_over(replace(llm_settings, memory_ttl_s=60), store, llm), clock
     asyncio.run(llm.close())
 
 
@@ -294,13 +298,7 @@ def test_a_hanging_store_does_not_make_the_answer_late(llm_settings, fake_llm):
     fake_llm.answer = lambda messages: "很长的回答。" * 400
     store = WritesHangStore()
     llm = LLMClient(LLMConfig(fake_llm.base_url, "k", "m", 2.0, 100, 0.0))
-    answerer = Answerer(
-        replace(llm_settings, deadline_margin_ms=150),
-        LiveKnowledgeBase(llm_settings.kb_dir),
-        load_replies(llm_settings.replies_file),
-        store,
-        llm,
-    )
+    answerer = answerer_over(replace(llm_settings, deadline_margin_ms=150), store, llm)
     msg = NormalizedMessage.model_validate(text_message("令牌怎么轮换"))
 
     async def scenario() -> None:

@@ -28,6 +28,17 @@ def finished(fake_ai, count: int) -> bool:
     return len(fake_ai.completed) >= count
 
 
+def job_key(fields: dict[str, str]) -> str:
+    return f"msg:{fields['MsgId']}:{fields['FromUserName']}:{fields['CreateTime']}"
+
+
+def wait_for_the_job(gateway, fields: dict[str, str]) -> None:
+    """Until the job of `fields` has delivered, pushed or parked its answer: the worker
+    forgets a job only once it is done with it."""
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    wait_until(lambda: job_key(fields) not in delivery._done, 5, "the job to end")
+
+
 def test_custom_mode_pushes_a_late_answer(make_gateway, fake_ai):
     sender = RecordingSender()
     gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
@@ -85,11 +96,10 @@ def test_an_answer_in_flight_at_unsubscribe_is_not_parked(make_gateway, fake_ai)
     answer_of = fake_ai.reply_for
     fake_ai.reply_for = lambda m: None if m["type"] == "event" else answer_of(m)
     assert gateway.post(event_message("unsubscribe", openid="oGone")).data == b"success"
-    services = gateway.app.extensions["celestial_nexus"]
-    key = f"msg:{fields['MsgId']}:oGone:{fields['CreateTime']}"
-    wait_until(lambda: key not in services.delivery._done, 5, "the late answer")
-    assert services.store.get(key).answer["reply"]["content"] == "答：私人问题"  # it came
-    assert services.store.pop_parked("gh_0123456789ab:oGone") is None
+    wait_for_the_job(gateway, fields)
+    store = gateway.app.extensions["celestial_nexus"].store
+    assert store.get(job_key(fields)).answer["reply"]["content"] == "答：私人问题"  # it came
+    assert store.pop_parked("gh_0123456789ab:oGone") is None
 
 
 def test_fallback_answers_are_not_parked(make_gateway, fake_ai):
@@ -104,7 +114,7 @@ def test_fallback_answers_are_not_parked(make_gateway, fake_ai):
     fields = text_message("慢", openid="oFallback")
     assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
     store = gateway.app.extensions["celestial_nexus"].store
-    key = f"msg:{fields['MsgId']}:oFallback:{fields['CreateTime']}"
+    key = job_key(fields)
     wait_until(lambda: store.get(key).answer is not None, 5, "the job to end")
     assert store.get(key).answer["source"] == "fallback"
     assert store.pop_parked("gh_0123456789ab:oFallback") is None
@@ -209,9 +219,8 @@ def test_a_push_that_fails_unexpectedly_parks_the_answer(make_gateway, fake_ai):
     fake_ai.latency_s = 0.6
     fields = text_message("慢", openid="oBroken")
     assert gateway.post(fields).data == b"success"
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    key = f"msg:{fields['MsgId']}:oBroken:{fields['CreateTime']}"
-    wait_until(lambda: sender.called.is_set() and key not in delivery._done, 5, "the push")
+    wait_for_the_job(gateway, fields)
+    assert sender.called.is_set()
     fake_ai.latency_s = 0
     parked = gateway.reply_of(gateway.post(text_message("在吗", openid="oBroken")))
     assert parked["Content"] == "答：慢"
@@ -224,10 +233,9 @@ def test_a_late_answer_with_nothing_to_show_is_not_parked(make_gateway, fake_ai)
     fake_ai.reply_for = lambda message: {"type": "text", "content": ""}
     fields = text_message("空", openid="oEmpty")
     assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
-    services = gateway.app.extensions["celestial_nexus"]
-    key = f"msg:{fields['MsgId']}:oEmpty:{fields['CreateTime']}"
-    wait_until(lambda: key not in services.delivery._done, 5, "the job to hand its answer over")
-    assert services.store.get(key).answer["reply"] == {"type": "text", "content": ""}
+    wait_for_the_job(gateway, fields)
+    store = gateway.app.extensions["celestial_nexus"].store
+    assert store.get(job_key(fields)).answer["reply"] == {"type": "text", "content": ""}
     fake_ai.latency_s = 0
     fake_ai.reply_for = lambda message: {"type": "text", "content": "答：" + message["content"]}
     again = gateway.reply_of(gateway.post(text_message("在吗", openid="oEmpty")))
@@ -243,9 +251,8 @@ def test_a_long_parked_answer_comes_back_whole_one_bubble_a_message(make_gateway
     fake_ai.reply_for = lambda message: {"type": "text", "content": long_answer}
     fields = text_message("长", openid="oLongPark")
     assert gateway.post(fields).data == b"success"
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    key = f"msg:{fields['MsgId']}:oLongPark:{fields['CreateTime']}"
-    wait_until(lambda: sender.called.is_set() and key not in delivery._done, 5, "the parking")
+    wait_for_the_job(gateway, fields)
+    assert sender.called.is_set()
     fake_ai.latency_s = 0
     parts = split_utf8(long_answer, PART_BYTES)
     assert len(parts) == 4
