@@ -4,7 +4,14 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from wechat_gateway.replies import cdata, render_reply, render_text, truncate_utf8, xml_safe
+from wechat_gateway.replies import (
+    cdata,
+    has_body,
+    render_reply,
+    render_text,
+    truncate_utf8,
+    xml_safe,
+)
 
 
 def parse(xml: str) -> ET.Element:
@@ -78,3 +85,21 @@ def test_image_and_news_replies():
 )
 def test_unrenderable_replies_give_none(reply):
     assert render_reply(reply, "oU", "gh", 1) is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"type": "text", "content": "答"},
+        {"type": "text", "content": ""},
+        {"type": "text"},
+        {"type": "image", "media_id": "m1"},
+        {"type": "image", "media_id": ""},
+        {"type": "news", "articles": [{"title": "t"}]},
+        {"type": "news", "articles": []},
+        {"type": "video", "media_id": "m1"},
+    ],
+)
+def test_has_body_is_what_render_reply_can_render(reply):
+    """The late path parks only what a passive reply can show (else the user gets `success`)."""
+    assert has_body(reply) == (render_reply(reply, "oU", "gh_1", 1700000000) is not None)

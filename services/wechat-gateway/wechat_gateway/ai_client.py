@@ -22,7 +22,7 @@ from geventhttpclient.url import URL
 
 from . import metrics
 from .metrics import labelled
-from .replies import xml_safe
+from .replies import REPLY_BODY, xml_safe
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ DEADLINE_HEADER = "X-Reply-Deadline-Ms"
 PARTS_HEADER = "X-Reply-Parts"
 REPLY_PATH = "/v1/reply"
 HEALTH_PATH = "/health"
-REPLY_TYPES = {"text", "image", "news"}
 # Connections per worker: as many as requests a gevent worker holds (worker_connections),
 # so a burst of slow answers never queues behind the pool; idle ones cost a socket.
 POOL_SIZE = 1024
@@ -272,7 +271,7 @@ def _validated_reply(data: bytes) -> dict | None:
     reply = document["reply"]
     if reply is None:
         return None
-    if not isinstance(reply, dict) or reply.get("type") not in REPLY_TYPES:
+    if not isinstance(reply, dict) or reply.get("type") not in REPLY_BODY:
         raise AIError("bad_response", "AI API reply has an unknown type")
     return _checked_reply(reply)
 
@@ -292,7 +291,7 @@ def _checked_reply(reply: dict) -> dict:
         if not articles or not isinstance(articles, list):
             raise AIError("bad_response", "AI API news reply has no list of articles")
         return {**reply, "articles": [_checked_article(a) for a in articles]}
-    field = "content" if kind == "text" else "media_id"
+    field = REPLY_BODY[kind]
     return {**reply, field: _checked_text(reply.get(field), f"{kind} reply's {field}")}
 
 

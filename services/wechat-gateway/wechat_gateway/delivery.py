@@ -37,6 +37,7 @@ from .config import Settings
 from .customer_service import PART_BYTES
 from .dedup import ABANDONED, CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore
 from .metrics import labelled
+from .replies import has_body
 from .splitting import split_utf8
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,6 @@ class Outcome:
     attempt: int
     dedup_hit: bool
     held: bool = False
-
-
-_REPLY_BODY = {"text": "content", "image": "media_id", "news": "articles"}
-
-
-def sendable(reply: dict[str, Any] | None) -> bool:
-    """Whether `reply` renders as a passive reply (replies.render_reply), not `success`."""
-    return bool(reply and reply.get(_REPLY_BODY.get(str(reply.get("type")), "")))
 
 
 def user_key(message: dict[str, Any]) -> str:
@@ -407,7 +400,7 @@ class Delivery:
         A fallback is not parked: the user's next message deserves a real attempt. Nor is a
         reply with nothing to show: the next message would be answered `success`.
         """
-        if not flags or not sendable(answer.get("reply")) or answer.get("source") == "fallback":
+        if not flags or not has_body(answer.get("reply")) or answer.get("source") == "fallback":
             return
         if self.store.erased_since(user_key(message), answer.get("started_at", 0.0)):
             log.info(

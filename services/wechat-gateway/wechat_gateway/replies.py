@@ -17,6 +17,15 @@ MAX_TEXT_BYTES = 2047
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
+# The field that carries each reply type's body: without it there is nothing to render.
+REPLY_BODY = {"text": "content", "image": "media_id", "news": "articles"}
+
+
+def has_body(reply: Mapping[str, Any] | None) -> bool:
+    """Whether `reply` renders as a passive reply (render_reply), rather than `success`."""
+    return bool(reply and reply.get(REPLY_BODY.get(str(reply.get("type")), "")))
+
+
 def xml_safe(text: str) -> str:
     """Drop characters XML 1.0 forbids (control characters, lone surrogates, U+FFFE/FFFF)."""
     return _XML_ILLEGAL.sub("", text)
