@@ -2,6 +2,7 @@
 
 import json
 import time
+import xml.etree.ElementTree as StdlibET
 
 import pytest
 
@@ -32,7 +33,16 @@ def normalized(inner: str) -> dict:
     return normalize(parse_xml(xml(inner)))
 
 
-@pytest.mark.parametrize("body", [BILLION_LAUGHS, EXTERNAL_ENTITY, b"<!DOCTYPE xml><xml/>"])
+EXTERNAL_DTD = b"""<?xml version="1.0"?>
+<!DOCTYPE xml SYSTEM "http://127.0.0.1:9/evil.dtd"><xml><Content>x</Content></xml>"""
+PARAMETER_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE x [<!ENTITY % p SYSTEM "http://127.0.0.1:9/p.dtd"> %p;]><xml/>"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [BILLION_LAUGHS, EXTERNAL_ENTITY, EXTERNAL_DTD, PARAMETER_ENTITY, b"<!DOCTYPE xml><xml/>"],
+)
 def test_dtds_and_entities_are_refused_fast(body):
     started = time.monotonic()
     with pytest.raises(HostileXml):
@@ -44,6 +54,28 @@ def test_dtds_and_entities_are_refused_fast(body):
 def test_malformed_xml_is_a_bad_request(body):
     with pytest.raises(BadRequest):
         parse_xml(body)
+
+
+def test_an_undeclared_entity_is_a_bad_request_not_text():
+    with pytest.raises(BadRequest, match="undefined entity"):
+        parse_xml(b"<xml><Content>&xxe;</Content></xml>")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<xml><Content><![CDATA[a ]]]]><![CDATA[> b]]></Content><MsgId>1</MsgId></xml>",
+        "<xml><Content>&lt;b&gt; &amp; &quot;&apos; &#20013;&#x6587; ]]&gt;</Content></xml>",
+        "<xml>\n  <Content>\n  中文 ❤ 𝄞  \n</Content>\n  <Empty/><Blank>  </Blank>\n</xml>",
+        '<?xml version="1.0" encoding="utf-8"?><xml><A k="v">1</A><!-- c --><?pi x?></xml>',
+        "<xml><Content>first</Content><Content>second</Content></xml>",
+    ],
+)
+def test_fields_read_as_the_standard_library_reads_them(body):
+    """The fast parser must see the same text as ElementTree's own (C) parser."""
+    raw = body.encode("utf-8")
+    expected = {child.tag: (child.text or "").strip() for child in StdlibET.fromstring(raw)}
+    assert parse_xml(raw) == expected
 
 
 def test_root_must_be_xml():
