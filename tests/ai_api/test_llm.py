@@ -216,6 +216,40 @@ def test_markdown_from_the_llm_becomes_plain_text(make_client, llm_settings, fak
     assert content == "【步骤】\n\n1. 先改服务端\n• 再改 后台"
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "<think>\n用户问的是令牌轮换，先想想……\n</think>\n\n先改服务端，再改后台。",
+        "用户问的是令牌轮换，先想想……\n</think>\n先改服务端，再改后台。",
+        "<THINK>大写的标签</THINK>先改服务端，再改后台。",
+    ],
+)
+def test_a_reasoning_models_thinking_never_reaches_the_user(
+    make_client, llm_settings, fake_llm, content
+):
+    fake_llm.answer = lambda messages: content
+    client = make_client(llm_settings)
+    assert reply_text(client.post("/v1/reply", json=text_message("令牌怎么轮换"))) == (
+        "先改服务端，再改后台。"
+    )
+    fake_llm.answer = lambda messages: "好的。"
+    client.post("/v1/reply", json=text_message("还有呢"))
+    remembered = fake_llm.requests[-1]["messages"][1:-1]
+    assert remembered[1] == {"role": "assistant", "content": "先改服务端，再改后台。"}
+
+
+def test_an_answer_cut_off_while_thinking_falls_back_to_the_kb(
+    make_client, llm_settings, fake_llm
+):
+    fake_llm.answer = lambda messages: "<think>\n用户问的是令牌轮换，先想想，第一步"
+    client = make_client(llm_settings)
+    errors = metric(client, "ai_llm_errors_total", reason="malformed")
+    content = reply_text(client.post("/v1/reply", json=text_message("令牌怎么轮换")))
+    assert content.startswith("【如何更换 Token（令牌轮换）】")
+    assert "先想想" not in content
+    assert metric(client, "ai_llm_errors_total", reason="malformed") == errors + 1
+
+
 def test_long_llm_answer_is_split_and_continued(make_client, llm_settings, fake_llm):
     sentence = "Celestial Nexus 会把长回答分成几段发送，每段不超过两千字节。"
     fake_llm.answer = lambda messages: sentence * 120

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,4 +110,32 @@ def _answer_text(response: httpx.Response) -> str:
     content = message.get("content")
     if not isinstance(content, str) or not content.strip():
         raise LLMError("malformed", "empty content")
-    return content.strip()
+    answer = without_reasoning(content).strip()
+    if not answer:
+        raise LLMError("malformed", "reasoning only, no answer")
+    return answer
+
+
+_REASONING = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_OPEN, _CLOSE = "<think>", "</think>"
+
+
+def without_reasoning(content: str) -> str:
+    """The answer without the model's chain of thought.
+
+    Reasoning models served by OpenAI-compatible servers (DeepSeek-R1 or Qwen3 on vLLM,
+    Ollama and many gateways) can put their thinking in the content between <think> tags.
+    A WeChat user must not get it as the answer, and memory must not feed it back in the
+    next prompt. Two broken shapes are common too: a chat template that opens the tag
+    itself, so the content holds only '...</think>answer', and an answer cut off by
+    max_tokens while still thinking, with '<think>' and no close.
+    """
+    content = _REASONING.sub("", content)
+    lowered = content.lower()
+    closing = lowered.rfind(_CLOSE)
+    if closing != -1:  # the opening tag was in the template: all before the close is thought
+        content, lowered = content[closing + len(_CLOSE) :], lowered[closing + len(_CLOSE) :]
+    opening = lowered.find(_OPEN)
+    if opening != -1:  # still thinking when the tokens ran out: nothing after it is answer
+        content = content[:opening]
+    return content
