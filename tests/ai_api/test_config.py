@@ -39,6 +39,11 @@ def test_values_are_parsed_and_relative_paths_resolve_from_the_service_folder():
     assert settings.llm_configured
 
 
+def test_temperature_reaches_the_apis_bounds():
+    assert Settings.from_env({"LLM_TEMPERATURE": "0"}).llm_temperature == 0
+    assert Settings.from_env({"LLM_TEMPERATURE": "2"}).llm_temperature == 2
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
@@ -55,6 +60,8 @@ def test_values_are_parsed_and_relative_paths_resolve_from_the_service_folder():
         ({"LLM_TIMEOUT": "nan"}, "'LLM_TIMEOUT' has value nan. Not a finite number"),
         ({"LLM_TIMEOUT": "inf"}, "LLM_TIMEOUT"),
         ({"LLM_TEMPERATURE": "nan"}, "LLM_TEMPERATURE"),
+        ({"LLM_TEMPERATURE": "5"}, "'LLM_TEMPERATURE' has value 5.0. It must be between 0 and 2"),
+        ({"LLM_TEMPERATURE": "-0.1"}, "LLM_TEMPERATURE"),
         ({"KB_RELOAD_INTERVAL_S": "nan"}, "KB_RELOAD_INTERVAL_S"),
         ({"KB_RELOAD_INTERVAL_S": "inf"}, "KB_RELOAD_INTERVAL_S"),
         ({"KB_MIN_SCORE": "-inf"}, "KB_MIN_SCORE"),

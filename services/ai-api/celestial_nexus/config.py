@@ -162,6 +162,13 @@ class Settings:
         for name, value in not_negative.items():
             if value < 0:
                 raise ConfigError(f"Config '{name}' has value {value!r}. It must not be negative.")
+        if self.llm_temperature > MAX_TEMPERATURE:
+            # OpenAI's API refuses it (HTTP 400 on every call) and other servers turn out
+            # gibberish: either way every answer would fall back to the knowledge base.
+            raise ConfigError(
+                f"Config 'LLM_TEMPERATURE' has value {self.llm_temperature!r}. "
+                f"It must be between 0 and {MAX_TEMPERATURE}."
+            )
 
     def _validate_finite(self) -> None:
         """nan passes every comparison below and inf is no timeout or interval at all."""
@@ -196,6 +203,8 @@ class Settings:
             values[f.name] = _PARSERS[type_name](name, environ[name])
         return cls(**values)
 
+
+MAX_TEMPERATURE = 2.0  # the chat-completions API's upper bound
 
 # Environment names that differ from the upper-cased field name.
 ENV_NAMES = {"llm_timeout_s": "LLM_TIMEOUT"}
