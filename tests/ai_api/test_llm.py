@@ -238,9 +238,7 @@ def test_a_reasoning_models_thinking_never_reaches_the_user(
     assert remembered[1] == {"role": "assistant", "content": "先改服务端，再改后台。"}
 
 
-def test_an_answer_cut_off_while_thinking_falls_back_to_the_kb(
-    make_client, llm_settings, fake_llm
-):
+def test_an_answer_cut_off_while_thinking_falls_back_to_the_kb(make_client, llm_settings, fake_llm):
     fake_llm.answer = lambda messages: "<think>\n用户问的是令牌轮换，先想想，第一步"
     client = make_client(llm_settings)
     errors = metric(client, "ai_llm_errors_total", reason="malformed")
