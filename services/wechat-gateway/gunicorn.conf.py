@@ -4,12 +4,16 @@ gevent workers: a request held across WeChat's 5-second cut, or waiting on a slo
 costs a greenlet, not a thread, so hundreds can wait while new callbacks are served.
 Metrics use prometheus-client's multiprocess mode; the directory is prepared here, before
 any worker imports prometheus_client, and a dead worker's live gauges are dropped.
+A worker told to stop gracefully (SIGTERM: docker stop, a deploy, a HUP reload) first
+lets the AI answers still on their way be pushed or parked, within graceful_timeout.
 """
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 _multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
@@ -23,6 +27,8 @@ worker_class = "gevent"
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # A held request lives about 5.5 s; 30 s only catches a stuck worker.
 timeout = 30
+# Held requests, then jobs still running (worker_exit), share this; compose's
+# stop_grace_period for the gateway must be longer, or Docker kills first.
 graceful_timeout = 10
 # Idle keep-alive connections hold up a graceful shutdown until they time out, so keep
 # this short; Nginx's upstream keepalive_timeout must stay below it (Nginx closes first).
@@ -55,3 +61,30 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """Note when the worker is told to stop gracefully: worker_exit drains jobs for what
+    is left of graceful_timeout, after which the master kills the worker."""
+    graceful_exit = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        worker.stop_asked_at = time.monotonic()
+        graceful_exit(sig, frame)
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_int(worker):
+    """SIGINT/SIGQUIT: a quick shutdown (Ctrl-C in `make run`) waits for nothing."""
+    worker.quick_exit = True
+
+
+def worker_exit(server, worker):
+    """Give the jobs still running the rest of graceful_timeout to push or park answers."""
+    app = getattr(worker, "wsgi", None)
+    services = getattr(app, "extensions", {}).get("celestial_nexus")
+    if services is None or getattr(worker, "quick_exit", False):
+        return
+    spent_s = time.monotonic() - getattr(worker, "stop_asked_at", time.monotonic())
+    services.delivery.drain(worker.cfg.graceful_timeout - 1 - spent_s)

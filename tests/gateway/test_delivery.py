@@ -262,3 +262,15 @@ def test_a_long_parked_answer_comes_back_whole_one_bubble_a_message(make_gateway
     ]
     assert bubbles[:-1] == parts  # each message fetches the next bubble
     assert bubbles[-1] == parts[0]  # then the user's own question is answered again
+
+
+def test_drain_waits_for_running_jobs_within_its_budget(make_gateway, fake_ai):
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.2)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    assert delivery.drain(1.0) == 0  # nothing running: returns at once
+    fake_ai.latency_s = 1.0
+    assert gateway.post(text_message("慢", openid="oDrain")).data == b"success"
+    assert delivery.drain(0.1) == 1  # out of budget: the job is reported left behind
+    assert delivery.drain(5.0) == 0
+    assert sender.sent == [("oDrain", {"type": "text", "content": "答：慢"})]

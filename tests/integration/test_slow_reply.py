@@ -8,6 +8,7 @@ MsgId) and reports what the user finally sees. The fake AI API answers after 1, 
 from __future__ import annotations
 
 import json
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -137,6 +138,62 @@ def test_custom_mode_success_then_a_customer_service_message(tmp_path, fake_ai, 
             if line.startswith("{")
         ]
         assert events.count("custom_pending") == 3
+    finally:
+        gateway.stop()
+        api.stop()
+
+
+def custom_mode_env(fake_ai, redis_server, api: FakeWeChatApi) -> dict[str, str]:
+    return {
+        **ACCOUNT.env(),
+        "AI_API_URL": fake_ai.url,
+        "REDIS_URL": redis_server.extra["url"],
+        "WECHAT_SLOW_REPLY_MODE": "custom",
+        "WECHAT_APPSECRET": "app-secret-1",
+        "WECHAT_API_BASE": api.url,
+        "WECHAT_REPLY_BUDGET": "0.5",
+    }
+
+
+def log_events(gateway) -> list[str]:
+    return [
+        json.loads(line).get("event") for line in gateway.log().splitlines() if line.startswith("{")
+    ]
+
+
+def test_a_gateway_told_to_stop_still_pushes_the_answer_it_promised(
+    tmp_path, fake_ai, redis_server
+):
+    """docker stop, a deploy or a reload (SIGTERM to Gunicorn's master) right after the
+    `success`: the worker stays until the answer is pushed, then exits on its own."""
+    fake_ai.latency_s = 2.0
+    api = FakeWeChatApi(ACCOUNT.appid, "app-secret-1").start()
+    gateway = start_gateway(tmp_path, custom_mode_env(fake_ai, redis_server, api))
+    try:
+        fields = text_message("停机前的问题", openid="oDrain")
+        delivery = WeChatSimulator(gateway.extra["url"] + "/wechat", ACCOUNT).deliver(fields)
+        assert delivery.user_sees is None  # `success`: the answer is promised, not sent
+        gateway.popen.send_signal(signal.SIGTERM)
+        gateway.popen.wait(timeout=15)
+        assert api.texts_to("oDrain") == ["答：停机前的问题"]
+        assert "drained" in log_events(gateway)
+    finally:
+        gateway.stop()
+        api.stop()
+
+
+def test_a_quick_shutdown_waits_for_no_answer(tmp_path, fake_ai, redis_server):
+    """Ctrl-C (SIGINT) in `make run` means now: no drain, whatever is still running."""
+    fake_ai.latency_s = 4.0
+    api = FakeWeChatApi(ACCOUNT.appid, "app-secret-1").start()
+    gateway = start_gateway(tmp_path, custom_mode_env(fake_ai, redis_server, api))
+    try:
+        fields = text_message("马上停", openid="oQuick")
+        WeChatSimulator(gateway.extra["url"] + "/wechat", ACCOUNT).deliver(fields)
+        gateway.popen.send_signal(signal.SIGINT)
+        gateway.popen.wait(timeout=15)
+        assert fake_ai.completed == []  # gone while the AI was still thinking
+        assert "drain" not in log_events(gateway)
     finally:
         gateway.stop()
         api.stop()

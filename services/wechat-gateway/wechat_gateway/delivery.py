@@ -43,6 +43,7 @@ from .splitting import split_utf8
 log = logging.getLogger(__name__)
 
 _REMOTE_POLL_S = 0.05
+_DRAIN_POLL_S = 0.05
 WECHAT_RETRY_INTERVAL_S = 5.0  # WeChat cuts an attempt at 5 s and sends the next one
 
 
@@ -317,6 +318,34 @@ class Delivery:
             self.store.finish(key, done.answer)
         except Exception:
             log.exception("storing the fallback answer failed", extra={"event": "job_error"})
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for the jobs this worker runs; how many were left.
+
+        A worker told to stop (a deploy, a reload) has usually answered every request, but
+        a job whose last attempt is over is the only one that can push or park its answer:
+        leaving at once drops it. Its lease stays renewed meanwhile, so no replica takes
+        the job over and asks the AI again.
+        """
+        pending = len(self._done)
+        if not pending:
+            return 0
+        log.info(
+            "waiting for jobs still running before exit",
+            extra={"event": "drain", "jobs": pending, "budget_s": round(timeout_s, 1)},
+        )
+        deadline = self.clock() + timeout_s
+        while self._done and self.clock() < deadline:
+            self.sleep(_DRAIN_POLL_S)
+        left = len(self._done)
+        if left:
+            log.warning(
+                "exiting with jobs still running: their answers are lost",
+                extra={"event": "drain_timeout", "jobs": left},
+            )
+        else:
+            log.info("every job finished; exiting", extra={"event": "drained", "jobs": pending})
+        return left
 
     def _ensure_lease_keeper(self) -> None:
         """One loop per worker renews the lease of every job this worker runs."""
