@@ -156,8 +156,9 @@ def start_process(
     return proc
 
 
-def start_redis(log_dir: Path, port: int | None = None) -> Process:
-    """A throw-away redis-server on 127.0.0.1 without persistence."""
+def start_redis(log_dir: Path, port: int | None = None, *, appendonly: bool = False) -> Process:
+    """A throw-away redis-server on 127.0.0.1; with `appendonly`, as compose.yaml runs it
+    (an append-only file in its data directory, kept across restarts on the same port)."""
     binary = require_binary("redis-server", "apt-get install redis-server")
     port = port or free_port()
     data_dir = log_dir / f"redis-{port}"
@@ -171,7 +172,7 @@ def start_redis(log_dir: Path, port: int | None = None) -> Process:
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if appendonly else "no",
         "--dir",
         str(data_dir),
     ]
