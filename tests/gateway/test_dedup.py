@@ -6,9 +6,12 @@ against the in-process store and against RedisStore on a real redis-server.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 
+from wechat_gateway import logs
 from wechat_gateway.dedup import (
     CUSTOM_PENDING,
     PLACEHOLDER_SENT,
@@ -232,3 +235,31 @@ def test_a_job_claimed_while_redis_was_down_stays_in_the_local_store():
     assert primary.local.get("k") is None  # no second job, no second AI call
     store.claim("k2", "o", 1005.0, 120, 3.0)
     assert primary.local.holds("k2")  # a new job goes to Redis again
+
+
+def logged_events(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    return [json.loads(line).get("event") for line in err.splitlines() if line.startswith("{")]
+
+
+def test_a_full_local_store_evicts_answered_jobs_before_unanswered_ones(capsys):
+    logs.configure("INFO", "json")
+    store = LocalStore(3)
+    store.claim("waiting", "o", 1000.0, 120, 3.0)  # the AI is still thinking
+    for key in ("done1", "done2"):
+        store.claim(key, "o", 1000.0, 120, 3.0)
+        store.finish(key, {"reply": key})
+    store.claim("new", "o", 1000.0, 120, 3.0)
+    assert store.holds("waiting") and not store.holds("done1")
+    assert "dedup_evicted_in_flight" not in logged_events(capsys)
+    store.finish("waiting", {"reply": "答"})
+    assert store.get("waiting").answer == {"reply": "答"}  # its retry is answered, not re-asked
+
+
+def test_a_store_full_of_unanswered_jobs_drops_the_oldest_with_a_warning(capsys):
+    logs.configure("INFO", "json")
+    store = LocalStore(2)
+    for key in ("a", "b", "c"):
+        store.claim(key, "o", 1000.0, 120, 3.0)
+    assert [store.holds(k) for k in ("a", "b", "c")] == [False, True, True]
+    assert logged_events(capsys) == ["dedup_evicted_in_flight"]

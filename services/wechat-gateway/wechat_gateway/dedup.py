@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol, cast
 
 import redis
@@ -33,6 +34,7 @@ REDIS_POOL_SIZE = 256  # per worker process; each greenlet holds one only for a 
 # Pauses between the tries of an answer's write to Redis (FailoverStore._call_patiently):
 # about as long as a Redis container takes to restart and load its append-only file.
 PATIENT_RETRY_PAUSES_S = (0.2, 0.5, 1.0)
+_EVICTION_SCAN = 64  # oldest jobs looked at for an answered one to evict
 
 
 @dataclass
@@ -108,6 +110,32 @@ class LocalStore:
         while len(table) > self.capacity:
             table.popitem(last=False)
 
+    def _put_job(self, key: str, state: dict[str, Any], ttl_s: float) -> None:
+        """Store a new job; past capacity the oldest answered (or expired) job makes room.
+
+        Evicting a job still waiting for its AI answer would have its next retry ask the
+        AI again, and would drop its late answer. Only when the oldest jobs are all
+        unanswered (a burst beyond WECHAT_DEDUP_MAX) does the oldest go, with a warning.
+        """
+        jobs, now = self._jobs, self.clock()
+        jobs[key] = (now + ttl_s, state)
+        while len(jobs) > self.capacity:
+            victim = next(
+                (
+                    name
+                    for name, (expires_at, job) in islice(jobs.items(), _EVICTION_SCAN)
+                    if job.get("answer") or expires_at <= now
+                ),
+                None,
+            )
+            if victim is None:
+                victim = next(iter(jobs))
+                log.warning(
+                    "in-process dedup store full of unanswered jobs; the oldest is dropped",
+                    extra={"event": "dedup_evicted_in_flight", "capacity": self.capacity},
+                )
+            del jobs[victim]
+
     @staticmethod
     def _view(key: str, state: dict[str, Any], is_new: bool, attempt: int) -> Job:
         return Job(
@@ -140,7 +168,7 @@ class LocalStore:
                     "lease_until": now + lease_s,
                     "attempts": 1,
                 }
-                self._put(self._jobs, key, state, window_s)
+                self._put_job(key, state, window_s)
                 job = self._view(key, state, True, 1)
                 if parked_user is not None:
                     job.parked = self._pop_parked_locked(parked_user)
