@@ -83,13 +83,14 @@ def test_missing_kb_dir_and_bad_replies_file_stop_start_up(tmp_path: Path):
 
 def test_api_key_is_not_in_the_repr():
     settings = Settings(
-        llm_base_url="https://x/v1",
+        llm_base_url="https://proxy-user:proxy-pw@x/v1",
         llm_api_key="sk-very-secret",
         llm_model="m",
         redis_url="redis://:pw@h:6379/0",
     )
     assert "sk-very-secret" not in repr(settings)
     assert ":pw@" not in repr(settings)
+    assert "proxy-pw" not in repr(settings)
 
 
 def test_strings_are_trimmed_as_mounted_secrets_end_in_a_newline():

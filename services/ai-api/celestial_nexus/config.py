@@ -80,7 +80,7 @@ class Settings:
     kb_reload_interval_s: float = 2.0  # how often KB_DIR is checked for changes
     replies_file: Path = DEFAULT_REPLIES_FILE
 
-    llm_base_url: str = ""
+    llm_base_url: str = field(default="", repr=False)  # may carry a proxy's user:password@
     llm_api_key: str = field(default="", repr=False)
     llm_model: str = ""
     llm_timeout_s: float = 8.0
