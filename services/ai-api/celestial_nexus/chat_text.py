@@ -21,10 +21,7 @@ _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
-# Single-star emphasis, but not arithmetic or identifiers (2*3*4, a*b*c): the stars must
-# not touch an ASCII letter or digit. Chinese text touches them (这是*重点*), so \w,
-# which matches 这 too, would leave every emphasis in a Chinese answer showing its stars.
-_ITALIC = re.compile(r"(?<![A-Za-z0-9_*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![A-Za-z0-9_*])")
+_ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])")
 _CODE = re.compile(r"`([^`\n]+)`")
 _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 _HTML_TAG = re.compile(r"</?(?:br|p|b|i|strong|em|code|span|div)\b[^>]*>", re.IGNORECASE)
