@@ -91,6 +91,7 @@ def test_split_rejects_a_budget_below_one_character():
         ("第一段\n\n\n\n第二段", "第一段\n\n第二段"),
         ("普通文本，没有标记。2*3*4 = 24", "普通文本，没有标记。2*3*4 = 24"),
         ("snake_case_name 保持不变", "snake_case_name 保持不变"),
+        ("体积 = 长*宽*高", "体积 = 长*宽*高"),
     ],
 )
 def test_markdown_to_plain(markdown, plain):
