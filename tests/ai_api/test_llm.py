@@ -238,6 +238,19 @@ def test_a_reasoning_models_thinking_never_reaches_the_user(
     assert remembered[1] == {"role": "assistant", "content": "先改服务端，再改后台。"}
 
 
+@pytest.mark.parametrize(
+    "answer", ["HTML 没有 <think> 标签。", "`<think>` 和 `</think>` 是一对标签。"]
+)
+def test_an_answer_that_mentions_the_tags_is_left_whole(
+    make_client, llm_settings, fake_llm, answer
+):
+    fake_llm.answer = lambda messages: answer
+    client = make_client(llm_settings)
+    assert reply_text(client.post("/v1/reply", json=text_message("think 标签"))) == (
+        answer.replace("`", "")  # inline code marks go, as for any answer
+    )
+
+
 def test_an_answer_cut_off_while_thinking_falls_back_to_the_kb(make_client, llm_settings, fake_llm):
     fake_llm.answer = lambda messages: "<think>\n用户问的是令牌轮换，先想想，第一步"
     client = make_client(llm_settings)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -116,7 +115,6 @@ def _answer_text(response: httpx.Response) -> str:
     return answer
 
 
-_REASONING = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _OPEN, _CLOSE = "<think>", "</think>"
 
 
@@ -124,18 +122,17 @@ def without_reasoning(content: str) -> str:
     """The answer without the model's chain of thought.
 
     Reasoning models served by OpenAI-compatible servers (DeepSeek-R1 or Qwen3 on vLLM,
-    Ollama and many gateways) can put their thinking in the content between <think> tags.
-    A WeChat user must not get it as the answer, and memory must not feed it back in the
-    next prompt. Two broken shapes are common too: a chat template that opens the tag
-    itself, so the content holds only '...</think>answer', and an answer cut off by
-    max_tokens while still thinking, with '<think>' and no close.
+    Ollama and many gateways) can start their content with their thinking between <think>
+    tags. A WeChat user must not get it as the answer, and memory must not feed it back in
+    the next prompt. Two broken shapes are common too: a chat template that opened the tag
+    itself, so the content is 'thinking</think>answer', and an answer cut off by max_tokens
+    while still thinking: '<think>' and no close, nothing to answer with. Only a block at
+    the start counts: an answer that mentions the tag (HTML 没有 <think> 标签) is left alone.
     """
-    content = _REASONING.sub("", content)
     lowered = content.lower()
-    closing = lowered.rfind(_CLOSE)
-    if closing != -1:  # the opening tag was in the template: all before the close is thought
-        content, lowered = content[closing + len(_CLOSE) :], lowered[closing + len(_CLOSE) :]
-    opening = lowered.find(_OPEN)
-    if opening != -1:  # still thinking when the tokens ran out: nothing after it is answer
-        content = content[:opening]
+    closing = lowered.find(_CLOSE)
+    if lowered.lstrip().startswith(_OPEN):
+        return "" if closing == -1 else content[closing + len(_CLOSE) :]
+    if closing != -1 and _OPEN not in lowered[:closing]:  # the template opened the block
+        return content[closing + len(_CLOSE) :]
     return content
