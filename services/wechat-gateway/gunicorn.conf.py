@@ -10,7 +10,6 @@ lets the AI answers still on their way be pushed or parked, within graceful_time
 
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -63,16 +62,18 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-def post_worker_init(worker):
+def post_fork(server, worker):
     """Note when the worker is told to stop gracefully: worker_exit drains jobs for what
-    is left of graceful_timeout, after which the master kills the worker."""
+    is left of graceful_timeout, after which the master kills the worker. Set before the
+    worker installs its signal handlers, so Gunicorn registers this one as it would its
+    own (with its flags: SA_RESTART kept)."""
     graceful_exit = worker.handle_exit
 
     def handle_exit(sig, frame):
         worker.stop_asked_at = time.monotonic()
         graceful_exit(sig, frame)
 
-    signal.signal(signal.SIGTERM, handle_exit)
+    worker.handle_exit = handle_exit
 
 
 def worker_int(worker):
