@@ -156,9 +156,8 @@ def start_process(
     return proc
 
 
-def start_redis(log_dir: Path, port: int | None = None, *, appendonly: bool = False) -> Process:
-    """A throw-away redis-server on 127.0.0.1; with `appendonly`, as compose.yaml runs it
-    (an append-only file in its data directory, kept across restarts on the same port)."""
+def start_redis(log_dir: Path, port: int | None = None) -> Process:
+    """A throw-away redis-server on 127.0.0.1 without persistence."""
     binary = require_binary("redis-server", "apt-get install redis-server")
     port = port or free_port()
     data_dir = log_dir / f"redis-{port}"
@@ -172,7 +171,7 @@ def start_redis(log_dir: Path, port: int | None = None, *, appendonly: bool = Fa
         "--save",
         "",
         "--appendonly",
-        "yes" if appendonly else "no",
+        "no",
         "--dir",
         str(data_dir),
     ]

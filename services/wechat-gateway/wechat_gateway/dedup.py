@@ -31,9 +31,6 @@ CUSTOM_PENDING = "custom_pending"
 ABANDONED = "abandoned"  # WECHAT_SLOW_REPLY_MODE=off: the user got the fallback, drop the answer
 HANDOFF_FLAGS = (PLACEHOLDER_SENT, CUSTOM_PENDING)  # the flags that ask for late delivery
 REDIS_POOL_SIZE = 256  # per worker process; each greenlet holds one only for a round trip
-# Pauses between the tries of an answer's write to Redis (FailoverStore._call_patiently):
-# about as long as a Redis container takes to restart and load its append-only file.
-PATIENT_RETRY_PAUSES_S = (0.2, 0.5, 1.0)
 _EVICTION_SCAN = 64  # oldest jobs looked at for an answered one to evict
 
 
@@ -180,11 +177,6 @@ class LocalStore:
         with self._lock:
             state = self._live(self._jobs, key)
             return None if state is None else self._view(key, state, False, state["attempts"])
-
-    def holds(self, key: str) -> bool:
-        """Whether a live job is stored under `key`."""
-        with self._lock:
-            return self._live(self._jobs, key) is not None
 
     def renew(self, key: str, owner: str, lease_until: float) -> bool:
         with self._lock:
@@ -424,13 +416,11 @@ class FailoverStore:
         fallback: LocalStore,
         retry_after_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.primary = primary
         self.fallback = fallback
         self.retry_after_s = retry_after_s
         self.clock = clock
-        self.sleep = sleep
         self._down_until = 0.0
         metrics.REDIS_UP.set(1)
 
@@ -449,46 +439,15 @@ class FailoverStore:
             except (redis.RedisError, OSError) as exc:
                 self._mark_down(exc)
             else:
-                self._mark_up()
+                if self._down_until:
+                    log.info(
+                        "redis reachable again; dedup store back on redis",
+                        extra={"event": "redis_up"},
+                    )
+                    self._down_until = 0.0
+                    metrics.REDIS_UP.set(1)
                 return result
         return getattr(self.fallback, method)(*args, **kwargs)
-
-    def _mark_up(self) -> None:
-        if self._down_until:
-            log.info(
-                "redis reachable again; dedup store back on redis", extra={"event": "redis_up"}
-            )
-            self._down_until = 0.0
-            metrics.REDIS_UP.set(1)
-
-    def _call_patiently(self, method: str, *args: Any) -> Any:
-        """Redis, tried again for a moment before the in-process store takes the write.
-
-        For the writes that carry an answer (finish, park). One written to the in-process
-        store is invisible to the other workers and replicas, and to this worker too once
-        Redis is back: a Redis restart (the compose file keeps an append-only file, so the
-        jobs survive it) or a failover would lose the answer, or have the AI asked again.
-        Jobs make these writes off the request path, so waiting costs no reply; the one
-        exception, a parked answer claimed by a new message, follows a claim that has just
-        reached Redis. Tried even while Redis is marked down.
-        """
-        for pause_s in (*PATIENT_RETRY_PAUSES_S, None):
-            try:
-                result = getattr(self.primary, method)(*args)
-            except (redis.RedisError, OSError) as exc:
-                self._mark_down(exc)
-                if pause_s is None:
-                    break
-                self.sleep(pause_s)
-            else:
-                self._mark_up()
-                return result
-        log.warning(
-            "redis unreachable for %s; written to the in-process store",
-            method,
-            extra={"event": "redis_write_fallback", "operation": method},
-        )
-        return getattr(self.fallback, method)(*args)
 
     def _mark_down(self, exc: Exception) -> None:
         if not self._down_until:
@@ -500,17 +459,6 @@ class FailoverStore:
         self._down_until = self.clock() + self.retry_after_s
         metrics.REDIS_UP.set(0)
 
-    def _job_call(self, method: str, key: str, *args: Any, **kwargs: Any) -> Any:
-        """A job's calls go to the store that claimed it.
-
-        A job claimed in the in-process store while Redis was down stays there when Redis
-        comes back: Redis has never heard of it, so its answer written there would be
-        dropped (no such job) and a retry claimed there would ask the AI again.
-        """
-        if self.fallback.holds(key):
-            return getattr(self.fallback, method)(key, *args, **kwargs)
-        return self._call(method, key, *args, **kwargs)
-
     def claim(
         self,
         key: str,
@@ -520,27 +468,25 @@ class FailoverStore:
         lease_s: float,
         parked_user: str | None = None,
     ) -> Job:
-        return self._job_call("claim", key, owner, now, window_s, lease_s, parked_user=parked_user)
+        return self._call("claim", key, owner, now, window_s, lease_s, parked_user=parked_user)
 
     def get(self, key: str) -> Job | None:
-        return self._job_call("get", key)
+        return self._call("get", key)
 
     def renew(self, key: str, owner: str, lease_until: float) -> bool:
-        return self._job_call("renew", key, owner, lease_until)
+        return self._call("renew", key, owner, lease_until)
 
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
-        return self._job_call("take_over", key, owner, now, lease_s)
+        return self._call("take_over", key, owner, now, lease_s)
 
     def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
-        if self.fallback.holds(key):
-            return self.fallback.finish(key, answer)
-        return self._call_patiently("finish", key, answer)
+        return self._call("finish", key, answer)
 
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
-        return self._job_call("hand_off", key, flag, ttl_s)
+        return self._call("hand_off", key, flag, ttl_s)
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
-        self._call_patiently("park", user, answer, ttl_s)
+        self._call("park", user, answer, ttl_s)
 
     def pop_parked(self, user: str) -> dict[str, Any] | None:
         return self._call("pop_parked", user)
