@@ -177,6 +177,42 @@ def test_redis_up_tells_the_truth_from_start_up():
     assert metric_sum(render_metrics().decode(), "wechat_redis_up") == 0
 
 
+def test_a_job_claimed_while_redis_was_down_stays_in_the_in_process_store():
+    """Redis back mid-job: Redis has never heard of the job, so its answer and its hand-off
+    flag must meet where the job was claimed, or the late path never delivers it."""
+    clock = Clock()
+    primary = DownRedis()
+    store = FailoverStore(primary, LocalStore(10), clock=clock)
+    job = store.claim("k", "o", 1000.0, 120, 3.0)
+    assert job.store == "local" and job.key != "k"
+    assert store.hand_off(job.key, PLACEHOLDER_SENT, 120) is None  # the placeholder went out
+    primary.up = True
+    clock.now += 10  # past the pause: Redis answers again
+    assert store.renew(job.key, "o", 1010.0)
+    assert store.finish(job.key, {"reply": "答"}) == {PLACEHOLDER_SENT}  # so the job parks it
+    assert primary.local.get("k") is None  # Redis never saw the job
+    assert store.claim("k2", "o", 1005.0, 120, 3.0).key == "k2"  # a new job: Redis again
+
+
+def test_a_job_claimed_in_redis_keeps_to_redis_beside_an_in_process_one_of_its_key():
+    """An attempt claimed in Redis, a retry claimed in-process during an outage (a second
+    job, as without Redis): once Redis is back each job answers in its own store."""
+    clock = Clock()
+    primary = DownRedis()
+    primary.up = True
+    store = FailoverStore(primary, LocalStore(10), clock=clock)
+    first = store.claim("k", "o", 1000.0, 120, 3.0)
+    primary.up = False
+    second = store.claim("k", "o", 1005.0, 120, 3.0)
+    assert second.is_new and second.key != first.key
+    primary.up = True
+    clock.now += 10
+    assert store.finish(first.key, {"reply": "答1"}) == set()
+    assert store.finish(second.key, {"reply": "答2"}) == set()
+    assert primary.local.get("k").answer == {"reply": "答1"}
+    assert store.fallback.get("k").answer == {"reply": "答2"}
+
+
 def logged_events(capsys) -> list[str]:
     err = capsys.readouterr().err
     return [json.loads(line).get("event") for line in err.splitlines() if line.startswith("{")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -104,6 +105,32 @@ def test_redis_killed_mid_test_the_gateway_keeps_answering(tmp_path, fake_ai):
             if line.startswith("{")
         ]
         assert "redis_down" in log_events
+    finally:
+        gateway.stop()
+        redis_proc.stop()
+
+
+def test_a_late_answer_begun_while_redis_was_down_is_parked_once_redis_is_back(
+    tmp_path, fake_ai
+):
+    """The job is claimed in-process (Redis down), the placeholder goes out, Redis comes
+    back, then the AI answers: the answer must meet the placeholder's hand-off flag in the
+    store that claimed the job, be parked, and reach the user with their next message."""
+    redis_proc = start_redis(tmp_path)
+    env = {**gateway_env(fake_ai.url, redis_proc.extra["url"]), "WECHAT_REPLY_BUDGET": "1"}
+    gateway = start_gateway(tmp_path, env, workers=1)
+    try:
+        sim = WeChatSimulator(gateway.extra["url"] + "/wechat", ACCOUNT)
+        redis_proc.stop()
+        fake_ai.latency_s = 4.0  # answered after the in-process store's 2 s pause is over
+        # WeChat's last attempt (10 s after CreateTime): the placeholder, not a hold.
+        question = text_message("停电时问的", openid="oBack", create_time=int(time.time()) - 10)
+        assert sim.post(question).reply["Content"].startswith("正在思考")
+        redis_proc = start_redis(tmp_path, port=redis_proc.port)
+        wait_until(lambda: '"event": "parked"' in gateway.log(), 10, "the late answer parked")
+        fake_ai.latency_s = 0
+        follow_up = sim.post(text_message("在吗", openid="oBack"))
+        assert follow_up.reply["Content"] == "答：停电时问的"
     finally:
         gateway.stop()
         redis_proc.stop()

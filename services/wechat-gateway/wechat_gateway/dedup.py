@@ -32,6 +32,8 @@ ABANDONED = "abandoned"  # WECHAT_SLOW_REPLY_MODE=off: the user got the fallback
 HANDOFF_FLAGS = (PLACEHOLDER_SENT, CUSTOM_PENDING)  # the flags that ask for late delivery
 REDIS_POOL_SIZE = 256  # per worker process; each greenlet holds one only for a round trip
 _EVICTION_SCAN = 64  # oldest jobs looked at for an answered one to evict
+# FailoverStore: the prefix of a job key that lives in the in-process store (see claim).
+IN_PROCESS_JOB = "local|"
 
 
 @dataclass
@@ -273,7 +275,7 @@ return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
 """
 # The answer when it is stored; else set the hand-off flag, so that _FINISH hands the answer
 # over. Either the attempt delivers or the late path does, never both. A job key that is
-# missing (claimed in the in-process store while Redis was down) is created with an expiry.
+# missing (Redis restarted without its data) is created with an expiry.
 _HAND_OFF = """
 local answer = redis.call('HGET', KEYS[1], 'answer')
 if answer then return answer end
@@ -433,6 +435,10 @@ class FailoverStore:
         return self.clock() < self._down_until
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._served(method, *args, **kwargs)[0]
+
+    def _served(self, method: str, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+        """The call's result, and whether the in-process store gave it."""
         if not self.redis_down:
             try:
                 result = getattr(self.primary, method)(*args, **kwargs)
@@ -446,8 +452,8 @@ class FailoverStore:
                     )
                     self._down_until = 0.0
                     metrics.REDIS_UP.set(1)
-                return result
-        return getattr(self.fallback, method)(*args, **kwargs)
+                return result, False
+        return getattr(self.fallback, method)(*args, **kwargs), True
 
     def _mark_down(self, exc: Exception) -> None:
         if not self._down_until:
@@ -468,22 +474,38 @@ class FailoverStore:
         lease_s: float,
         parked_user: str | None = None,
     ) -> Job:
-        return self._call("claim", key, owner, now, window_s, lease_s, parked_user=parked_user)
+        """The job, its `key` naming the store that holds it for the calls that follow.
+
+        A job claimed in the in-process store while Redis was down must stay there when
+        Redis comes back: Redis has never heard of it, so its answer would be refused there
+        (no such job) and the late path (placeholder, push) would never deliver it.
+        """
+        job, in_process = self._served(
+            "claim", key, owner, now, window_s, lease_s, parked_user=parked_user
+        )
+        if in_process:
+            job.key = IN_PROCESS_JOB + key
+        return job
+
+    def _job_call(self, method: str, key: str, *args: Any) -> Any:
+        if key.startswith(IN_PROCESS_JOB):
+            return getattr(self.fallback, method)(key[len(IN_PROCESS_JOB) :], *args)
+        return self._call(method, key, *args)
 
     def get(self, key: str) -> Job | None:
-        return self._call("get", key)
+        return self._job_call("get", key)
 
     def renew(self, key: str, owner: str, lease_until: float) -> bool:
-        return self._call("renew", key, owner, lease_until)
+        return self._job_call("renew", key, owner, lease_until)
 
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
-        return self._call("take_over", key, owner, now, lease_s)
+        return self._job_call("take_over", key, owner, now, lease_s)
 
     def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
-        return self._call("finish", key, answer)
+        return self._job_call("finish", key, answer)
 
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
-        return self._call("hand_off", key, flag, ttl_s)
+        return self._job_call("hand_off", key, flag, ttl_s)
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
         self._call("park", user, answer, ttl_s)

@@ -119,6 +119,7 @@ class Delivery:
             s.job_lease_s,
             parked_user=None if is_event else user_key(message),
         )
+        key = job.key  # the store's name for the job from here on (FailoverStore.claim)
         labelled(metrics.DELIVERY_ATTEMPTS, str(job.attempt) if job.attempt < 4 else "4+").inc()
         if not job.is_new:
             labelled(metrics.DEDUP_HITS, job.store).inc()
@@ -248,7 +249,7 @@ class Delivery:
             if job.answer is not None:
                 return job.answer
             if job.owner != self.owner and job.lease_until <= now:
-                self._take_over(job.key, job.started_at, message, request_id)
+                self._take_over(key, job.started_at, message, request_id)
                 continue
             if now >= until:
                 return None
