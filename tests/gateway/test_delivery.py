@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import redis
+
 from tests.support.processes import wait_until
 from tests.support.wechat import event_message, text_message
 from wechat_gateway.customer_service import PART_BYTES
+from wechat_gateway.dedup import FailoverStore, LocalStore
 from wechat_gateway.splitting import split_utf8
 
 
@@ -274,3 +277,39 @@ def test_drain_waits_for_running_jobs_within_its_budget(make_gateway, fake_ai):
     assert delivery.drain(0.1) == 1  # out of budget: the job is reported left behind
     assert delivery.drain(5.0) == 0
     assert sender.sent == [("oDrain", {"type": "text", "content": "答：慢"})]
+
+
+class ClaimReplyLost:
+    """A Redis stand-in whose first claim runs but whose reply never arrives (a timeout)."""
+
+    name = "redis"
+
+    def __init__(self) -> None:
+        self.jobs = LocalStore(100)
+        self.lost = False
+
+    def __getattr__(self, method):
+        def call(*args, **kwargs):
+            result = getattr(self.jobs, method)(*args, **kwargs)
+            if method == "claim" and not self.lost:
+                self.lost = True
+                raise redis.TimeoutError("Timeout reading from socket")
+            return result
+
+        return call
+
+
+def test_a_job_the_store_says_is_ours_but_that_runs_nowhere_is_taken_over(make_gateway, fake_ai):
+    """The first claim reached Redis but its reply timed out: the job ran in-process, and
+    Redis keeps a job owned by this worker that nobody runs or renews. A later attempt
+    must take it over, not wait on it until the placeholder."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, job_lease_s=0.3)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    delivery.store = FailoverStore(ClaimReplyLost(), LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oLost")
+    assert gateway.post(fields).status_code == 503  # held: WeChat retries
+    wait_until(lambda: finished(fake_ai, 1), 5, "the in-process job to end")
+    assert gateway.post(fields).status_code == 503  # the orphan is taken over, still held
+    wait_until(lambda: finished(fake_ai, 2), 5, "the taken-over job to end")
+    assert gateway.reply_of(gateway.post(fields))["Content"] == "答：慢"

@@ -110,9 +110,7 @@ def test_redis_killed_mid_test_the_gateway_keeps_answering(tmp_path, fake_ai):
         redis_proc.stop()
 
 
-def test_a_late_answer_begun_while_redis_was_down_is_parked_once_redis_is_back(
-    tmp_path, fake_ai
-):
+def test_a_late_answer_begun_while_redis_was_down_is_parked_once_redis_is_back(tmp_path, fake_ai):
     """The job is claimed in-process (Redis down), the placeholder goes out, Redis comes
     back, then the AI answers: the answer must meet the placeholder's hand-off flag in the
     store that claimed the job, be parked, and reach the user with their next message."""

@@ -233,8 +233,8 @@ class Delivery:
     ) -> dict[str, Any] | None:
         """The job's answer once it exists, or None at `until`; takes over an orphaned job.
 
-        A job this worker runs hands its answer over in memory; another worker's or
-        replica's job is polled in the store, watching its lease.
+        A job this worker runs hands its answer over in memory; any other job is polled in
+        the store, watching its lease.
         """
         while True:
             local = self._done.get(key)
@@ -248,7 +248,10 @@ class Delivery:
                 return None
             if job.answer is not None:
                 return job.answer
-            if job.owner != self.owner and job.lease_until <= now:
+            # Lease run out: its owner stopped renewing. That may be this worker too: a job
+            # the store says is ours but that is not in _done runs nowhere (a Redis claim
+            # whose reply timed out, its job then run in-process under another key).
+            if job.lease_until <= now:
                 self._take_over(key, job.started_at, message, request_id)
                 continue
             if now >= until:
