@@ -67,9 +67,9 @@ class _DefusedTreeParser(SafeET.DefusedXMLParser):
     defusedxml installs its DTD, entity and external-reference guards on ElementTree's
     pure-Python parser, which also routes each element's start and end and each CDATA
     marker through Python methods that resolve namespaces and order attributes. WeChat's
-    XML uses neither, and those calls were most of the parsing cost of a callback (its
-    outer envelope and the decrypted message: two parses each). The guards stay as
-    defusedxml set them; an undefined entity is still expat's own error.
+    XML uses neither, and those calls were most of the parsing cost (a safe-mode callback
+    parses twice: its envelope, then the decrypted message). The guards stay as defusedxml
+    set them; an undefined entity is still expat's own error.
     """
 
     def __init__(self) -> None:
