@@ -87,26 +87,42 @@ def main() -> int:
 
 
 def _supervise(processes: list[subprocess.Popen]) -> int:
-    """Wait until one process exits or Ctrl-C; then stop the others."""
+    """Wait until one process exits, Ctrl-C or SIGTERM; then stop the others.
+
+    Returns the exit code of the process that ended by itself (a configuration error, a
+    crash), or 0 when the user stopped the services and each stopped as asked: Uvicorn
+    re-raises the signal it was stopped with, so a clean stop can read as "killed".
+    """
+    asked = False
 
     def stop(*_: object) -> None:
+        nonlocal asked
+        asked = True
         for proc in processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
+    first_out = None
     try:
-        while all(proc.poll() is None for proc in processes):
-            try:
-                processes[0].wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
+        while first_out is None and not asked:
+            first_out = next((proc for proc in processes if proc.poll() is not None), None)
+            if first_out is None:
+                try:
+                    processes[0].wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    continue
     except KeyboardInterrupt:
-        pass
+        asked = True  # the terminal sent SIGINT to the services too; make sure of it
     stop()
     codes = [proc.wait() for proc in processes]
-    return next((code for code in codes if code), 0)
+    if first_out is not None and first_out.returncode not in _STOPPED_AS_ASKED:
+        return first_out.returncode
+    return next((code for code in codes if code not in _STOPPED_AS_ASKED), 0)
 
+
+# How a service ends when told to stop: on its own, or by the signal it was sent.
+_STOPPED_AS_ASKED = frozenset({0, -signal.SIGINT, -signal.SIGTERM})
 
 if __name__ == "__main__":
     sys.exit(main())

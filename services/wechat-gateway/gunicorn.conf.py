@@ -63,17 +63,29 @@ def child_exit(server, worker):
 
 
 def post_fork(server, worker):
-    """Note when the worker is told to stop gracefully: worker_exit drains jobs for what
-    is left of graceful_timeout, after which the master kills the worker. Set before the
-    worker installs its signal handlers, so Gunicorn registers this one as it would its
-    own (with its flags: SA_RESTART kept)."""
-    graceful_exit = worker.handle_exit
+    """Wrap the worker's stop signals. Set before the worker installs its signal handlers,
+    so Gunicorn registers these as it would its own (with its flags: SA_RESTART kept).
+
+    - SIGTERM (graceful): note when, since worker_exit drains jobs for what is left of
+      graceful_timeout, after which the master kills the worker.
+    - SIGINT/SIGQUIT (quick): act on the first only. Ctrl-C reaches the workers from the
+      terminal and again as the master's SIGQUIT; the gevent worker runs each in its own
+      greenlet, and the second one's sys.exit lands in an interpreter already shutting
+      down, which prints a "failed with SystemExit" traceback for a clean exit.
+    """
+    graceful_exit, quick_exit = worker.handle_exit, worker.handle_quit
 
     def handle_exit(sig, frame):
         worker.stop_asked_at = time.monotonic()
         graceful_exit(sig, frame)
 
-    worker.handle_exit = handle_exit
+    def handle_quit(sig, frame):
+        if getattr(worker, "quit_asked", False):
+            return
+        worker.quit_asked = True
+        quick_exit(sig, frame)
+
+    worker.handle_exit, worker.handle_quit = handle_exit, handle_quit
 
 
 def worker_int(worker):
