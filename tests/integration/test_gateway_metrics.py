@@ -44,5 +44,7 @@ def test_metrics_add_up_across_two_workers(tmp_path, fake_ai):
         # Known series exist at 0 before their first event, summed over both workers.
         assert 'wechat_replies_total{path="placeholder"} 0.0' in text
         assert 'wechat_decrypt_fail_total{reason="padding"} 0.0' in text
+        # No REDIS_URL: no Redis gauge at all, or its 0 would raise RedisUnreachable.
+        assert "wechat_redis_up" not in text
     finally:
         gateway.stop()

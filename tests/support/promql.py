@@ -150,6 +150,8 @@ def declared_service_metrics() -> dict[str, str]:
                 continue
             for family in value.describe():
                 declared.update(dict.fromkeys(series_names(family.name, family.type), service))
+    # Declared on first use (a gateway without Redis must not export it): see redis_up().
+    declared[gateway_metrics.REDIS_UP_NAME] = "wechat-gateway"
     return declared
 
 

@@ -424,7 +424,7 @@ class FailoverStore:
         self.retry_after_s = retry_after_s
         self.clock = clock
         self._down_until = 0.0
-        metrics.REDIS_UP.set(1)
+        metrics.redis_up().set(1)
 
     @property
     def name(self) -> str:
@@ -451,7 +451,7 @@ class FailoverStore:
                         extra={"event": "redis_up"},
                     )
                     self._down_until = 0.0
-                    metrics.REDIS_UP.set(1)
+                    metrics.redis_up().set(1)
                 return result, False
         return getattr(self.fallback, method)(*args, **kwargs), True
 
@@ -463,7 +463,7 @@ class FailoverStore:
                 extra={"event": "redis_down"},
             )
         self._down_until = self.clock() + self.retry_after_s
-        metrics.REDIS_UP.set(0)
+        metrics.redis_up().set(0)
 
     def claim(
         self,

@@ -117,12 +117,6 @@ ACCESS_TOKEN_REFRESHES = Counter(
     "access_token fetches from the WeChat API, by result (ok, error).",
     ["result"],
 )
-REDIS_UP = Gauge(
-    "wechat_redis_up",
-    "1 when the gateway reaches Redis, 0 when it fell back to the in-process store "
-    "(minimum across live workers); absent when Redis is not configured.",
-    multiprocess_mode="livemin",
-)
 
 
 # Every label value the code can produce, created at start-up so dashboards and alert
@@ -163,3 +157,19 @@ def create_known_series() -> None:
         for labels in label_sets:
             metric.labels(*labels)
     FALLBACK_REPLIES.inc(0)
+
+
+REDIS_UP_NAME = "wechat_redis_up"
+
+
+@functools.cache
+def redis_up() -> Gauge:
+    """`wechat_redis_up`, declared by the first store that uses Redis. An unlabelled
+    multiprocess gauge writes its 0 the moment it is declared, and a gateway without
+    Redis would then raise the RedisUnreachable alert for ever."""
+    return Gauge(
+        REDIS_UP_NAME,
+        "1 when the gateway reaches Redis, 0 when it fell back to the in-process store "
+        "(minimum across live workers); absent when Redis is not configured.",
+        multiprocess_mode="livemin",
+    )
