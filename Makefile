@@ -31,14 +31,13 @@ stack: venv certs ## the process stack: redis + gateway + AI API + nginx TLS, fr
 test: venv ## every test (unit, integration, config); integration tests skip without their binaries unless CI=true
 	$(BIN)/pytest
 
-# The WECHAT_* values check-endpoint signs with; production: ENV_FILE=/etc/celestial-nexus/prod.env.
-ENV_FILE ?= .env
+# The WECHAT_* values check-endpoint signs with: the environment, then ENV_FILE when set
+# (production: ENV_FILE=/etc/celestial-nexus/prod.env), else .env then .env.example as make run.
+ENV_FILE ?=
 
-check-endpoint: venv ## check a deployed callback the way WeChat does: make check-endpoint URL=https://wx.example.com/wechat [ENV_FILE=.env]
-	@test -n "$(URL)" || { echo "usage: make check-endpoint URL=https://your-domain/wechat [ENV_FILE=.env] [ARGS=--insecure]"; exit 2; }
-	@if [ -r "$(ENV_FILE)" ]; then set -a; . "$(abspath $(ENV_FILE))"; set +a; \
-	  elif [ "$(ENV_FILE)" != .env ]; then echo "ENV_FILE=$(ENV_FILE) is not readable"; exit 2; fi; \
-	  cd services/wechat-gateway && ../../$(BIN)/python -m wechat_gateway.checker "$(URL)" $(ARGS)
+check-endpoint: venv ## check a callback URL the way WeChat does: make check-endpoint URL=https://wx.example.com/wechat [ENV_FILE=…]
+	@test -n "$(URL)" || { echo "usage: make check-endpoint URL=https://your-domain/wechat [ENV_FILE=prod.env] [ARGS=--insecure]"; exit 2; }
+	@ENV_FILE="$(ENV_FILE)" $(BIN)/python scripts/check_endpoint.py "$(URL)" $(ARGS)
 
 rules: ## promtool/amtool: check the Prometheus and Alertmanager configs, run the alert rule tests
 	promtool check config infra/prometheus/prometheus.yml
