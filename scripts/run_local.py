@@ -35,7 +35,12 @@ def local_environment() -> tuple[dict[str, str], list[str]]:
                 from_example.append(name)
     env.setdefault("HOST", "127.0.0.1")
     env.setdefault("AI_API_PORT", "8000")
-    if "AI_API_URL" not in os.environ and "AI_API_URL" not in dotenv:
+    # The gateway asks the AI API this run starts, on whatever AI_API_PORT says, unless a
+    # URL of one's own is given: .env copied from .env.example holds the default one.
+    if "AI_API_URL" not in os.environ and dotenv.get("AI_API_URL") in (
+        None,
+        defaults.get("AI_API_URL"),
+    ):
         env["AI_API_URL"] = f"http://127.0.0.1:{env['AI_API_PORT']}"
     return env, from_example
 
