@@ -50,10 +50,29 @@ def test_dtds_and_entities_are_refused_fast(body):
     assert time.monotonic() - started < 1
 
 
-@pytest.mark.parametrize("body", [b"", b"<xml>", b"not xml", b"<xml><a></b></xml>", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<xml>",
+        b"not xml",
+        b"<xml><a></b></xml>",
+        b"\xff\xfe",
+        b'<?xml version="1.0" encoding="x-nope"?><xml/>',  # expat asks Python: LookupError
+        b'<?xml version="1.0" encoding="rot13"?><xml/>',
+    ],
+)
 def test_malformed_xml_is_a_bad_request(body):
     with pytest.raises(BadRequest):
         parse_xml(body)
+
+
+def test_a_namespaced_element_is_never_read_as_a_field():
+    """No WeChat field has a namespace; one that does must not pass for the plain field."""
+    fields = parse_xml(b'<xml><a:Content xmlns:a="urn:x">forged</a:Content><MsgId>1</MsgId></xml>')
+    assert "Content" not in fields and fields["MsgId"] == "1"
+    with pytest.raises(BadRequest, match="expected <xml>"):
+        parse_xml(b'<xml xmlns="urn:x"><Content>x</Content></xml>')
 
 
 def test_an_undeclared_entity_is_a_bad_request_not_text():

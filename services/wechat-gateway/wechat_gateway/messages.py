@@ -69,7 +69,8 @@ class _DefusedTreeParser(SafeET.DefusedXMLParser):
     marker through Python methods that resolve namespaces and order attributes. WeChat's
     XML uses neither, and those calls were most of the parsing cost (a safe-mode callback
     parses twice: its envelope, then the decrypted message). The guards stay as defusedxml
-    set them; an undefined entity is still expat's own error.
+    set them; an undefined entity is still expat's own error. A namespaced name keeps
+    expat's spelling (`urn:x}Content`, not `{urn:x}Content`): never a field WeChat sends.
     """
 
     def __init__(self) -> None:
@@ -95,7 +96,7 @@ def parse_xml(body: bytes) -> dict[str, Any]:
         root = parser.close()
     except DefusedXmlException as exc:
         raise HostileXml(f"XML with a DTD or entities refused ({type(exc).__name__})") from None
-    except (ParseError, ValueError) as exc:
+    except (ParseError, ValueError, LookupError) as exc:  # LookupError: an unknown encoding
         raise BadRequest(f"malformed XML: {exc}") from None
     if root.tag != "xml":
         raise BadRequest(f"root element is <{root.tag}>, expected <xml>")
