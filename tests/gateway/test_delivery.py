@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
+import pytest
 import redis
 
 from tests.support.processes import wait_until
@@ -299,10 +301,9 @@ class ClaimReplyLost:
         return call
 
 
-def test_a_job_the_store_says_is_ours_but_that_runs_nowhere_is_taken_over(make_gateway, fake_ai):
-    """The first claim reached Redis but its reply timed out: the job ran in-process, and
-    Redis keeps a job owned by this worker that nobody runs or renews. A later attempt
-    must take it over, not wait on it until the placeholder."""
+def test_a_retry_after_a_lost_claim_reply_waits_for_the_in_process_job(make_gateway, fake_ai):
+    """The first claim reached Redis but its reply timed out: the job runs in-process.
+    WeChat's retry on this worker must get that job's answer, not ask the AI again."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, job_lease_s=0.3)
     delivery = gateway.app.extensions["celestial_nexus"].delivery
     delivery.store = FailoverStore(ClaimReplyLost(), LocalStore(100), retry_after_s=0.0)
@@ -310,6 +311,115 @@ def test_a_job_the_store_says_is_ours_but_that_runs_nowhere_is_taken_over(make_g
     fields = text_message("慢", openid="oLost")
     assert gateway.post(fields).status_code == 503  # held: WeChat retries
     wait_until(lambda: finished(fake_ai, 1), 5, "the in-process job to end")
-    assert gateway.post(fields).status_code == 503  # the orphan is taken over, still held
-    wait_until(lambda: finished(fake_ai, 2), 5, "the taken-over job to end")
     assert gateway.reply_of(gateway.post(fields))["Content"] == "答：慢"
+    assert fake_ai.calls_for(job_key(fields)) == 1
+
+
+class SwitchableRedis:
+    """A Redis stand-in that is down while `down` is set."""
+
+    name = "redis"
+
+    def __init__(self) -> None:
+        self.jobs = LocalStore(100)
+        self.down = True
+
+    def __getattr__(self, method):
+        def call(*args, **kwargs):
+            if self.down:
+                raise redis.ConnectionError("connection refused")
+            return getattr(self.jobs, method)(*args, **kwargs)
+
+        return call
+
+
+def test_redis_back_between_attempts_the_retry_gets_the_in_process_answer(make_gateway, fake_ai):
+    """Claimed in-process during an outage: once Redis is back, Redis has never heard of
+    the message, and the retry must not start a second job there."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    primary = SwitchableRedis()
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 0.6
+    fields = text_message("停电时问的", openid="oOutage")
+    assert gateway.post(fields).status_code == 503
+    primary.down = False
+    wait_until(lambda: finished(fake_ai, 1), 5, "the in-process job to end")
+    assert gateway.reply_of(gateway.post(fields))["Content"] == "答：停电时问的"
+    assert fake_ai.calls_for(job_key(fields)) == 1
+
+
+class HandOffLost(SwitchableRedis):
+    """Redis up, but the next hand_off fails after (`ran`) or before running there."""
+
+    def __init__(self, ran: bool) -> None:
+        super().__init__()
+        self.down = False
+        self.ran = ran
+        self.failed = False
+
+    def __getattr__(self, method):
+        if method != "hand_off" or self.failed:
+            return super().__getattr__(method)
+
+        def fail(*args, **kwargs):
+            self.failed = True
+            if self.ran:
+                self.jobs.hand_off(*args, **kwargs)
+            raise redis.TimeoutError("Timeout reading from socket")
+
+        return fail
+
+
+@pytest.mark.parametrize("ran", [False, True], ids=["never_ran", "reply_lost"])
+def test_a_hand_off_whose_outcome_is_unknown_still_delivers_the_answer_once(
+    make_gateway, fake_ai, ran
+):
+    """The placeholder promises the answer: the job must park it whether or not Redis
+    recorded the hand-off, and park it once."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    delivery.store = FailoverStore(HandOffLost(ran), LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oHandOff")
+    assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
+    wait_for_the_job(gateway, fields)
+    fake_ai.latency_s = 0
+    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oHandOff")))
+    assert follow_up["Content"] == "答：慢"
+    again = gateway.reply_of(gateway.post(text_message("再问", openid="oHandOff")))
+    assert again["Content"] == "答：再问"
+
+
+def test_an_unknown_hand_off_of_a_job_run_elsewhere_promises_nothing(make_gateway, fake_ai):
+    """Redis unreachable at the last attempt of a job another worker runs: that worker
+    may never learn of a hand-off, so the user gets the fallback, not a placeholder."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    primary = HandOffLost(ran=False)
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    fields = text_message("别处", openid="oElsewhere")
+    primary.jobs.claim(job_key(fields), "another-worker", time.time(), 120, 30.0)
+    reply = gateway.reply_of(gateway.post(fields))
+    assert reply["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"
+    assert fake_ai.calls_for(job_key(fields)) == 0
+
+
+def test_redis_down_when_the_answer_is_ready_the_placeholders_promise_is_kept(
+    make_gateway, fake_ai
+):
+    """The hand-off reached Redis, then Redis went away before the job could store its
+    answer there: the job knows its own worker handed off, and parks the answer."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    primary = SwitchableRedis()
+    primary.down = False
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oRedisGone")
+    assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
+    primary.down = True
+    wait_for_the_job(gateway, fields)
+    fake_ai.latency_s = 0
+    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oRedisGone")))
+    assert follow_up["Content"] == "答：慢"

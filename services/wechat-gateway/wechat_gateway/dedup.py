@@ -36,6 +36,11 @@ _EVICTION_SCAN = 64  # oldest jobs looked at for an answered one to evict
 IN_PROCESS_JOB = "local|"
 
 
+class StoreUnavailable(Exception):
+    """Redis failed during a call on a job that only Redis holds: the outcome is unknown
+    (the call may or may not have run there), and no other store may guess it."""
+
+
 @dataclass
 class Job:
     """What a store knows of one delivery when an attempt asks."""
@@ -437,8 +442,11 @@ class FailoverStore:
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._served(method, *args, **kwargs)[0]
 
-    def _served(self, method: str, *args: Any, **kwargs: Any) -> tuple[Any, bool]:
-        """The call's result, and whether the in-process store gave it."""
+    def _served(
+        self, method: str, *args: Any, job_key: str | None = None, **kwargs: Any
+    ) -> tuple[Any, bool]:
+        """The call's result, and whether the in-process store gave it. With `job_key`,
+        the in-process store stands in only if it holds a job of that key."""
         if not self.redis_down:
             try:
                 result = getattr(self.primary, method)(*args, **kwargs)
@@ -453,6 +461,8 @@ class FailoverStore:
                     self._down_until = 0.0
                     metrics.redis_up().set(1)
                 return result, False
+        if job_key is not None and self.fallback.get(job_key) is None:
+            raise StoreUnavailable(f"{method} of a job in Redis while Redis is unreachable")
         return getattr(self.fallback, method)(*args, **kwargs), True
 
     def _mark_down(self, exc: Exception) -> None:
@@ -476,13 +486,18 @@ class FailoverStore:
     ) -> Job:
         """The job, its `key` naming the store that holds it for the calls that follow.
 
-        A job claimed in the in-process store while Redis was down must stay there when
-        Redis comes back: Redis has never heard of it, so its answer would be refused there
-        (no such job) and the late path (placeholder, push) would never deliver it.
+        A job claimed in the in-process store (Redis down, or a claim whose reply was lost)
+        stays there when Redis comes back, and so do its retries that reach this worker:
+        Redis has never heard of it, so its answer would be refused there (no such job),
+        a retry would ask the AI again, and the late path would never deliver it.
         """
-        job, in_process = self._served(
-            "claim", key, owner, now, window_s, lease_s, parked_user=parked_user
-        )
+        if self.fallback.get(key) is not None:
+            job = self.fallback.claim(key, owner, now, window_s, lease_s, parked_user=parked_user)
+            in_process = True
+        else:
+            job, in_process = self._served(
+                "claim", key, owner, now, window_s, lease_s, parked_user=parked_user
+            )
         if in_process:
             job.key = IN_PROCESS_JOB + key
         return job
@@ -491,6 +506,15 @@ class FailoverStore:
         if key.startswith(IN_PROCESS_JOB):
             return getattr(self.fallback, method)(key[len(IN_PROCESS_JOB) :], *args)
         return self._call(method, key, *args)
+
+    def _decisive_job_call(self, method: str, key: str, *args: Any) -> Any:
+        """finish and hand_off decide who delivers an answer. For a job in Redis, the
+        in-process store stands in only if it holds a job of that message: its "no such
+        job" would read as "answered elsewhere" (an answer dropped) or as "flag set" (a
+        placeholder promising an answer nobody parks)."""
+        if key.startswith(IN_PROCESS_JOB):
+            return self._job_call(method, key, *args)
+        return self._served(method, key, *args, job_key=key)[0]
 
     def get(self, key: str) -> Job | None:
         return self._job_call("get", key)
@@ -502,10 +526,10 @@ class FailoverStore:
         return self._job_call("take_over", key, owner, now, lease_s)
 
     def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
-        return self._job_call("finish", key, answer)
+        return self._decisive_job_call("finish", key, answer)
 
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
-        return self._job_call("hand_off", key, flag, ttl_s)
+        return self._decisive_job_call("hand_off", key, flag, ttl_s)
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
         self._call("park", user, answer, ttl_s)

@@ -35,7 +35,7 @@ from . import metrics
 from .ai_client import AIClient, AIError
 from .config import Settings
 from .customer_service import PART_BYTES
-from .dedup import ABANDONED, CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore
+from .dedup import ABANDONED, CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore, StoreUnavailable
 from .metrics import labelled
 from .replies import has_body
 from .splitting import split_utf8
@@ -57,9 +57,19 @@ def _spawn(function: Callable[..., None], *args: Any) -> None:
 
 
 class _LocalJob(threading.Event):
-    """A job this worker runs: set once its answer is stored, which waiters then read here."""
+    """A job this worker runs: set once its answer is stored, which waiters then read here.
+
+    It also remembers the hand-offs this worker's attempts made, for when Redis cannot say:
+    `handed_off` all of them, `unconfirmed` those whose store call failed (it may or may
+    not have run), which a later `finish` in Redis would otherwise not report.
+    """
 
     answer: dict[str, Any] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed_off: set[str] = set()
+        self.unconfirmed: set[str] = set()
 
 
 class CustomSender(Protocol):
@@ -187,16 +197,16 @@ class Delivery:
             )
             return Outcome(None, "held", attempt, dedup_hit, held=True)
         flag = {"custom": CUSTOM_PENDING, "retry": PLACEHOLDER_SENT}.get(mode, ABANDONED)
-        answer = self.store.hand_off(key, flag, self.settings.dedup_window_s)
+        answer, promised = self._hand_off(key, flag)
         if answer is not None:  # arrived between the wait and the hand-off
             return self._delivered(answer, attempt, dedup_hit, arrival)
-        if mode == "custom":
+        if mode == "custom" and promised:
             log.info(
                 "answer late; success now, customer-service push later",
                 extra={"event": "custom_pending", "attempt": attempt},
             )
             return Outcome(None, "custom_pending", attempt, dedup_hit)
-        if mode == "off":
+        if mode == "off" or not promised:
             metrics.FALLBACK_REPLIES.inc()
             self._count_reply("fallback", None)
             return Outcome(self._text(self.settings.fallback_reply), "fallback", attempt, dedup_hit)
@@ -208,6 +218,31 @@ class Delivery:
         return Outcome(
             self._text(self.settings.placeholder_reply), "placeholder", attempt, dedup_hit
         )
+
+    def _hand_off(self, key: str, flag: str) -> tuple[dict[str, Any] | None, bool]:
+        """The answer if it exists by now, and whether a late delivery can be promised.
+
+        With Redis unreachable in the middle of a Redis job, only a job running in this
+        worker can keep the promise (it reads its own note, `_LocalJob.unconfirmed`); a job
+        running elsewhere might never learn of it, so the user gets the fallback instead of
+        a placeholder for an answer nobody delivers.
+        """
+        local = self._done.get(key)
+        try:
+            answer = self.store.hand_off(key, flag, self.settings.dedup_window_s)
+        except StoreUnavailable:
+            log.warning(
+                "Redis unreachable at the hand-off of a late answer",
+                extra={"event": "handoff_unconfirmed", "runs_here": local is not None},
+            )
+            if local is None:
+                return None, False
+            answer = local.answer  # set if the job ended while Redis was being asked
+            if answer is None:
+                local.unconfirmed.add(flag)
+        if answer is None and local is not None:
+            local.handed_off.add(flag)
+        return answer, True
 
     def _count_reply(self, path: str, answer: dict[str, Any] | None) -> None:
         labelled(metrics.REPLIES, path).inc()
@@ -292,7 +327,7 @@ class Delivery:
             answer = self._ask_ai(message, window_s, self._timeout_s(window_s), request_id)
             answer["started_at"] = started
             rest = self._split_off_rest(answer)
-            flags = self.store.finish(key, answer)
+            flags = self._finish(key, answer, done)
             if flags is None:  # a job taken over from us was answered first: that one delivers
                 done.answer = self._stored_answer(key) or answer
                 return
@@ -308,6 +343,21 @@ class Delivery:
         finally:
             done.set()
             self._done.pop(key, None)
+
+    def _finish(self, key: str, answer: dict[str, Any], done: _LocalJob) -> set[str] | None:
+        """Store the answer; the hand-off flags that ask for its late delivery, or None if
+        a job taken over from us answered first. Redis decides, plus this worker's own
+        hand-offs it may have missed; with Redis unreachable, this worker's alone."""
+        try:
+            flags = self.store.finish(key, answer)
+        except StoreUnavailable:
+            log.warning(
+                "Redis unreachable when the answer was ready; delivering it by this "
+                "worker's own hand-offs",
+                extra={"event": "finish_unconfirmed"},
+            )
+            return set(done.handed_off)
+        return None if flags is None else flags | done.unconfirmed
 
     def _stored_answer(self, key: str) -> dict[str, Any] | None:
         job = self.store.get(key)
