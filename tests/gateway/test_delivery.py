@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from tests.support.exposition import metric_sum
 from tests.support.processes import wait_until
 from tests.support.wechat import event_message, text_message
 from wechat_gateway.customer_service import PART_BYTES
@@ -79,6 +80,24 @@ def test_retry_mode_holds_earlier_attempts_without_success(make_gateway, fake_ai
     fake_ai.latency_s = 1.0
     response = gateway.post(text_message("慢", openid="oHeld"))
     assert response.status_code == 503 and response.data == b""  # never `success`
+
+
+def test_a_held_attempt_is_counted_but_not_timed(make_gateway, fake_ai):
+    """Held on purpose past WeChat's cut: it must not raise the gateway's latency alert."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
+
+    def counts() -> tuple[float, float]:
+        text = gateway.client.get("/metrics").data.decode()
+        held = metric_sum(text, "wechat_requests_total", method="POST", outcome="held")
+        return held, metric_sum(text, "wechat_request_latency_seconds_count", method="POST")
+
+    held_before, timed_before = counts()
+    fake_ai.latency_s = 1.0
+    assert gateway.post(text_message("慢", openid="oHeldTimed")).status_code == 503
+    fake_ai.latency_s = 0
+    assert gateway.reply_of(gateway.post(text_message("快", openid="oHeldTimed")))
+    held_after, timed_after = counts()
+    assert (held_after - held_before, timed_after - timed_before) == (1, 1)  # only the answer
 
 
 def test_unsubscribe_erases_parked_answers(gateway, fake_ai):

@@ -61,5 +61,9 @@ def record(
 
 
 def _count(method: str, mode: str, outcome: str, latency_s: float) -> None:
+    """A held attempt is counted but not timed: it is kept open past WeChat's cut on
+    purpose, and its 5.5 s would raise the latency alert (which watches the gateway's own
+    speed) whenever the AI is slow, which the late-answer alert already says."""
     labelled(metrics.REQUESTS, method, mode, outcome).inc()
-    labelled(metrics.REQUEST_LATENCY, method).observe(latency_s)
+    if outcome != "held":
+        labelled(metrics.REQUEST_LATENCY, method).observe(latency_s)
