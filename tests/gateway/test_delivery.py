@@ -280,12 +280,23 @@ def test_a_long_parked_answer_comes_back_whole_one_bubble_a_message(make_gateway
     fake_ai.latency_s = 0
     parts = split_utf8(long_answer, PART_BYTES)
     assert len(parts) == 4
+    before = parked_counts(gateway)
     bubbles = [
         gateway.reply_of(gateway.post(text_message(f"下一条{i}", openid="oLongPark")))["Content"]
         for i in range(len(parts) + 1)
     ]
     assert bubbles[:-1] == parts  # each message fetches the next bubble
     assert bubbles[-1] == parts[0]  # then the user's own question is answered again
+    replies, timed = (a - b for a, b in zip(parked_counts(gateway), before, strict=True))
+    assert (replies, timed) == (4, 1)  # four replies; the user's wait ended once
+
+
+def parked_counts(gateway) -> tuple[float, float]:
+    text = gateway.client.get("/metrics").data.decode()
+    return (
+        metric_sum(text, "wechat_replies_total", path="parked"),
+        metric_sum(text, "wechat_time_to_answer_seconds_count", path="parked"),
+    )
 
 
 def test_drain_waits_for_running_jobs_within_its_budget(make_gateway, fake_ai):

@@ -462,7 +462,7 @@ class Delivery:
         rest_reply = {"type": "text", "content": rest}
         unsent = self._push(message["openid"], rest_reply)
         if unsent is not None:
-            self._park(message, {**answer, "reply": unsent})
+            self._park(message, {**answer, "reply": unsent}, continues=True)
 
     def _push(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
         """The customer-service push; what it could not send, to be parked. An unexpected
@@ -503,16 +503,24 @@ class Delivery:
         self._park(message, {**answer, "reply": reply, "rest": ""})
         log.info("late answer parked for the user's next message", extra={"event": "parked"})
 
-    def _park(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+    def _park(
+        self, message: dict[str, Any], answer: dict[str, Any], continues: bool = False
+    ) -> None:
         """Park `answer` for the user's next messages: a long text as several bubbles, one
-        per message, since a passive reply shows only about 2000 bytes."""
+        per message, since a passive reply shows only about 2000 bytes.
+
+        Only the bubble that first shows the answer keeps `started_at`: the user's wait
+        ends there, and wechat_time_to_answer_seconds must time it once, not once a bubble.
+        """
         reply = answer["reply"]
         bubbles = [reply]
         if reply.get("type") == "text":
             bubbles = [
                 {**reply, "content": part} for part in split_utf8(reply["content"], PART_BYTES)
             ]
-        for bubble in bubbles:
+        timed = {k: v for k, v in answer.items() if k != "started_at"}
+        for n, bubble in enumerate(bubbles):
+            parked = answer if n == 0 and not continues else timed
             self.store.park(
-                user_key(message), {**answer, "reply": bubble}, self.settings.parked_ttl_s
+                user_key(message), {**parked, "reply": bubble}, self.settings.parked_ttl_s
             )
