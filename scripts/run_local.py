@@ -68,6 +68,7 @@ def main() -> int:
                     host,
                     "--port",
                     ai_port,
+                    "--no-access-log",  # as in the image: the AI API logs each request itself
                 ],
                 cwd=ai_dir,
                 env=env,

@@ -91,3 +91,9 @@ def test_a_bad_url_is_named_without_its_password(name, value):
     with pytest.raises(ConfigError, match=name) as caught:
         Settings.from_env({**GOOD, name: value})
     assert "S3cretPass" not in str(caught.value)
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "ERROR", "CRITICAL"])
+def test_log_level_takes_the_levels_both_services_share(level):
+    """LOG_LEVEL is one variable for the gateway and the AI API: the same values work."""
+    assert Settings.from_env({**GOOD, "LOG_LEVEL": level}).log_level == level.upper()

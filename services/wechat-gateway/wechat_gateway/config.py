@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 SLOW_REPLY_MODES = ("retry", "custom", "off")
 LOG_FORMATS = ("json", "text")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEPLOY_ENVS = ("development", "production")
 
 # The values shipped in .env.example: `make run` uses them on a fresh clone,
