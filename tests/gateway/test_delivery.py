@@ -453,3 +453,113 @@ def test_redis_down_when_the_answer_is_ready_the_placeholders_promise_is_kept(
     fake_ai.latency_s = 0
     follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oRedisGone")))
     assert follow_up["Content"] == "答：慢"
+
+
+class FinishFails(SwitchableRedis):
+    """Redis up, except that every finish loses its connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def __getattr__(self, method):
+        if method != "finish":
+            return super().__getattr__(method)
+
+        def fail(*args, **kwargs):
+            raise redis.ConnectionError("Connection reset by peer")
+
+        return fail
+
+
+def test_a_parked_answer_taken_from_redis_is_sent_even_if_storing_it_fails(make_gateway, fake_ai):
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    primary = FinishFails()
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    parked = {"reply": {"type": "text", "content": "答：旧问题"}, "source": "ai"}
+    primary.jobs.park("gh_0123456789ab:oParkedFail", parked, 600)
+    reply = gateway.reply_of(gateway.post(text_message("在吗", openid="oParkedFail")))
+    assert reply["Content"] == "答：旧问题"
+
+
+@pytest.mark.parametrize("failure", ["hand_off_unconfirmed", "redis_down_at_finish"])
+def test_mode_off_never_parks_the_answer_it_gave_up_on(make_gateway, fake_ai, failure):
+    """mode off: the user got WECHAT_FALLBACK_REPLY; a late answer must not take the place
+    of the answer to their next message, whatever Redis did meanwhile."""
+    gateway = make_gateway(slow_reply_mode="off", reply_budget_s=0.3, max_attempts=1)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    primary = HandOffLost(ran=False) if failure == "hand_off_unconfirmed" else SwitchableRedis()
+    primary.down = False
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oOff")
+    assert gateway.reply_of(gateway.post(fields))["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"
+    primary.down = failure == "redis_down_at_finish"
+    wait_for_the_job(gateway, fields)
+    fake_ai.latency_s = 0
+    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oOff")))
+    assert follow_up["Content"] == "答：在吗"
+
+
+class HandOffReplyLostWhileTheJobEnds(SwitchableRedis):
+    """The hand-off runs in Redis, and its lost reply surfaces only after the job on this
+    worker has finished there (the client waits out its socket timeout)."""
+
+    def __init__(self, job_ended) -> None:
+        super().__init__()
+        self.down = False
+        self.job_ended = job_ended
+        self.failed = False
+
+    def __getattr__(self, method):
+        if method != "hand_off" or self.failed:
+            return super().__getattr__(method)
+
+        def fail(*args, **kwargs):
+            self.failed = True
+            self.jobs.hand_off(*args, **kwargs)
+            wait_until(self.job_ended, 5, "the job to end while the reply is lost")
+            raise redis.TimeoutError("Timeout reading from socket")
+
+        return fail
+
+
+def test_a_hand_off_whose_reply_is_lost_as_the_job_ends_delivers_once(make_gateway, fake_ai):
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    fields = text_message("慢", openid="oOnce")
+    primary = HandOffReplyLostWhileTheJobEnds(lambda: job_key(fields) not in delivery._done)
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 0.6
+    first = gateway.reply_of(gateway.post(fields))["Content"]
+    fake_ai.latency_s = 0
+    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oOnce")))["Content"]
+    assert (first.startswith("正在思考"), follow_up) == (True, "答：慢")
+
+
+def test_a_job_evicted_from_a_full_store_keeps_its_placeholders_promise(make_gateway, fake_ai):
+    """No Redis, WECHAT_DEDUP_MAX reached by unanswered jobs: the running job is dropped
+    from the store. The placeholder sent for it must still be followed by the answer."""
+    gateway = make_gateway(reply_budget_s=0.5, retry_hold_s=0.6, max_attempts=1)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    delivery.store = LocalStore(2)
+    fake_ai.latency_for = lambda message: 0.8 if message.get("content") == "慢" else 2.0
+    fields = text_message("慢", openid="oEvicted")
+    first: dict = {}
+    attempt = threading.Thread(target=lambda: first.update(response=gateway.post(fields)))
+    attempt.start()
+    wait_until(lambda: fake_ai.calls_for(job_key(fields)) == 1, 5, "the job to start")
+    others = [text_message(f"别的{i}", openid=f"oCrowd{i}") for i in range(2)]
+    crowd = [threading.Thread(target=gateway.post, args=(f,)) for f in others]
+    for poster in crowd:
+        poster.start()
+    wait_until(lambda: all(fake_ai.calls_for(job_key(f)) for f in others), 5, "the crowd")
+    attempt.join()
+    assert gateway.reply_of(first["response"])["Content"].startswith("正在思考")
+    wait_for_the_job(gateway, fields)
+    for poster in crowd:
+        poster.join()
+    fake_ai.latency_for = lambda message: 0
+    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oEvicted")))
+    assert follow_up["Content"] == "答：慢"

@@ -35,7 +35,14 @@ from . import metrics
 from .ai_client import AIClient, AIError
 from .config import Settings
 from .customer_service import PART_BYTES
-from .dedup import ABANDONED, CUSTOM_PENDING, PLACEHOLDER_SENT, JobStore, StoreUnavailable
+from .dedup import (
+    ABANDONED,
+    CUSTOM_PENDING,
+    HANDOFF_FLAGS,
+    PLACEHOLDER_SENT,
+    JobStore,
+    StoreUnavailable,
+)
 from .metrics import labelled
 from .replies import has_body
 from .splitting import split_utf8
@@ -61,7 +68,8 @@ class _LocalJob(threading.Event):
 
     It also remembers the hand-offs this worker's attempts made, for when Redis cannot say:
     `handed_off` all of them, `unconfirmed` those whose store call failed (it may or may
-    not have run), which a later `finish` in Redis would otherwise not report.
+    not have run), which a later `finish` in Redis would otherwise not report; and, once
+    the answer is in, `delivering`: the flags by which the job itself delivers it late.
     """
 
     answer: dict[str, Any] | None = None
@@ -70,6 +78,7 @@ class _LocalJob(threading.Event):
         super().__init__()
         self.handed_off: set[str] = set()
         self.unconfirmed: set[str] = set()
+        self.delivering: set[str] = set()
 
 
 class CustomSender(Protocol):
@@ -136,7 +145,13 @@ class Delivery:
             log.debug("dedup hit", extra={"event": "dedup_hit", "attempt": job.attempt})
         elif job.parked is not None:  # the user's parked answer, instead of a new AI request
             job.answer = {**job.parked, "source": "parked"}
-            self.store.finish(key, job.answer)
+            try:  # for this message's retries; this attempt has the answer in hand
+                self.store.finish(key, job.answer)
+            except StoreUnavailable:
+                log.warning(
+                    "Redis unreachable after a parked answer was taken; sending it",
+                    extra={"event": "finish_unconfirmed"},
+                )
         else:
             if is_event and message.get("event") == "unsubscribe":
                 # Answers still in flight for this user are dropped too (_park, _push).
@@ -228,6 +243,7 @@ class Delivery:
         a placeholder for an answer nobody delivers.
         """
         local = self._done.get(key)
+        late = flag in HANDOFF_FLAGS  # ABANDONED (mode off) asks for no late delivery
         try:
             answer = self.store.hand_off(key, flag, self.settings.dedup_window_s)
         except StoreUnavailable:
@@ -238,9 +254,11 @@ class Delivery:
             if local is None:
                 return None, False
             answer = local.answer  # set if the job ended while Redis was being asked
-            if answer is None:
+            if answer is not None and flag in local.delivering:
+                return None, True  # the hand-off did reach Redis: the job delivers it
+            if answer is None and late:
                 local.unconfirmed.add(flag)
-        if answer is None and local is not None:
+        if answer is None and local is not None and late:
             local.handed_off.add(flag)
         return answer, True
 
@@ -328,9 +346,15 @@ class Delivery:
             answer["started_at"] = started
             rest = self._split_off_rest(answer)
             flags = self._finish(key, answer, done)
-            if flags is None:  # a job taken over from us was answered first: that one delivers
-                done.answer = self._stored_answer(key) or answer
-                return
+            if flags is None:
+                stored = self._stored_answer(key)
+                if stored is not None:  # a job taken over from us answered first: it delivers
+                    done.answer = stored
+                    return
+                # The store lost the job (dropped from a full in-process store, or expired):
+                # nobody else can deliver it, so this worker's own hand-offs decide.
+                flags = set(done.handed_off)
+            done.delivering = flags
             done.answer = answer
             done.set()
             self._hand_over_late_answer(message, answer, flags)
