@@ -563,3 +563,90 @@ def test_a_job_evicted_from_a_full_store_keeps_its_placeholders_promise(make_gat
     fake_ai.latency_for = lambda message: 0
     follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oEvicted")))
     assert follow_up["Content"] == "答：慢"
+
+
+class FinishesFailWhileDown(SwitchableRedis):
+    """SwitchableRedis that counts the finishes it refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.refused_finishes = 0
+
+    def __getattr__(self, method):
+        call = super().__getattr__(method)
+        if method != "finish":
+            return call
+
+        def finish(*args, **kwargs):
+            if self.down:
+                self.refused_finishes += 1
+            return call(*args, **kwargs)
+
+        return finish
+
+
+def test_a_placeholder_sent_by_another_worker_survives_redis_failing_at_finish(
+    make_gateway, fake_ai
+):
+    """Worker A runs the job; WeChat's last attempt lands on worker B, whose hand-off only
+    Redis records. Redis fails when A's answer is ready: A must store it once Redis is
+    back, so that the late path delivers it, rather than give up on a promise it never saw."""
+    a = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
+    b = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=2)
+    primary = FinishesFailWhileDown()
+    for worker in (a, b):
+        worker.app.extensions["celestial_nexus"].delivery.store = FailoverStore(
+            primary, LocalStore(100), retry_after_s=0.0
+        )
+    fake_ai.latency_s = 1.2
+    fields = text_message("慢", openid="oTwoWorkers")
+    assert a.post(fields).status_code == 503  # held on A, which runs the job
+    assert b.reply_of(b.post(fields))["Content"].startswith("正在思考")  # the last attempt
+    primary.down = True
+    wait_until(lambda: primary.refused_finishes >= 1, 5, "A's finish to meet the outage")
+    primary.down = False
+    wait_for_the_job(a, fields)
+    fake_ai.latency_s = 0
+    follow_up = b.reply_of(b.post(text_message("在吗", openid="oTwoWorkers")))
+    assert follow_up["Content"] == "答：慢"
+
+
+class FinishReplyLost(SwitchableRedis):
+    """Redis up; the first finish runs there but its reply is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.lost = False
+
+    def __getattr__(self, method):
+        if method != "finish" or self.lost:
+            return super().__getattr__(method)
+
+        def finish(*args, **kwargs):
+            self.lost = True
+            self.jobs.finish(*args, **kwargs)
+            raise redis.TimeoutError("Timeout reading from socket")
+
+        return finish
+
+
+def test_a_finish_whose_reply_was_lost_is_recognised_as_this_jobs_own(make_gateway, fake_ai):
+    """The retried finish finds an answer stored: its own, by its `run`, so the hand-off
+    flags Redis holds are honoured instead of read as 'another job delivers it'."""
+    a = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
+    b = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=2)
+    primary = FinishReplyLost()
+    for worker in (a, b):
+        worker.app.extensions["celestial_nexus"].delivery.store = FailoverStore(
+            primary, LocalStore(100), retry_after_s=0.0
+        )
+    fake_ai.latency_s = 0.8
+    fields = text_message("慢", openid="oLostFinish")
+    assert a.post(fields).status_code == 503
+    assert b.reply_of(b.post(fields))["Content"].startswith("正在思考")
+    wait_for_the_job(a, fields)
+    fake_ai.latency_s = 0
+    follow_up = b.reply_of(b.post(text_message("在吗", openid="oLostFinish")))
+    assert follow_up["Content"] == "答：慢"
