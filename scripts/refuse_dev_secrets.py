@@ -4,7 +4,9 @@ Usage: refuse_dev_secrets.py ENV_EXAMPLE [NAME ...] [NAME? ...]
 Each NAME must be set, non-empty, and differ from its value in ENV_EXAMPLE (the development
 values everyone can read); a NAME? may be unset, but when set it must differ too.
 Exit 0 when all pass; exit 1 naming every offending variable, never
-printing a value. Standard library only: it runs in the gateway image.
+printing a value; exit 2 when ENV_EXAMPLE is not a file (a missing bind mount makes Docker
+create an empty directory there, and nothing would be refused). Standard library only: it
+runs in the gateway image.
 """
 
 from __future__ import annotations
@@ -49,7 +51,15 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    dev = example_values(Path(argv[1]))
+    example = Path(argv[1])
+    if not example.is_file():
+        print(
+            f"refusing to start in production: {example} is not a file, so the development "
+            "values cannot be checked",
+            file=sys.stderr,
+        )
+        return 2
+    dev = example_values(example)
     found = problems(argv[2:], dict(os.environ), dev)
     for message in found:
         print(f"refusing to start in production: {message}", file=sys.stderr)

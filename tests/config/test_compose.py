@@ -343,6 +343,27 @@ def test_refuse_dev_secrets_accepts_real_values_and_unset_optional_ones(tmp_path
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("missing", ["absent", "a directory"])
+def test_refuse_dev_secrets_refuses_without_the_values_to_refuse(
+    tmp_path: Path, missing: str
+) -> None:
+    """A bind mount whose source is missing becomes an empty directory in the container."""
+    example = tmp_path / ".env.example"
+    if missing == "a directory":
+        example.mkdir()
+    script = REPO_ROOT / "scripts" / "refuse_dev_secrets.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(example), "WECHAT_TOKEN"],
+        capture_output=True,
+        text=True,
+        env={"WECHAT_TOKEN": "celestial-dev-token"},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "is not a file" in result.stderr
+
+
 def test_env_example_documents_every_compose_variable() -> None:
     example = REPO_ROOT / ".env.example"
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example.read_text(), re.M))
