@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 _REMOTE_POLL_S = 0.05
 _DRAIN_POLL_S = 0.05
-_FINISH_RETRY_S = 0.5
 WECHAT_RETRY_INTERVAL_S = 5.0  # WeChat cuts an attempt at 5 s and sends the next one
 
 
@@ -345,7 +344,6 @@ class Delivery:
         try:
             answer = self._ask_ai(message, window_s, self._timeout_s(window_s), request_id)
             answer["started_at"] = started
-            answer["run"] = uuid.uuid4().hex[:12]  # tells this job's stored answer from another's
             rest = self._split_off_rest(answer)
             flags = self._finish(key, answer, done)
             if flags is None:
@@ -377,43 +375,13 @@ class Delivery:
         try:
             flags = self.store.finish(key, answer)
         except StoreUnavailable:
-            flags = self._finish_once_redis_answers(key, answer, done)
-        return None if flags is None else flags | done.unconfirmed
-
-    def _finish_once_redis_answers(
-        self, key: str, answer: dict[str, Any], done: _LocalJob
-    ) -> set[str] | None:
-        """The hand-off flags of a job whose `finish` Redis could not confirm.
-
-        This worker's own hand-off (its attempt sent the placeholder) is delivered at once.
-        Otherwise an attempt on another worker or replica may have handed the answer off,
-        which only Redis knows: the answer is stored once Redis answers again, within the
-        job's dedup window, while this worker's attempts get it at once and the lease stays
-        renewed (no replica asks the AI again). A finish whose reply was lost is known by
-        the answer's `run`. Mode off hands nothing off, so there is nothing to learn.
-        """
-        log.warning(
-            "Redis unreachable when the answer was ready",
-            extra={"event": "finish_unconfirmed", "handed_off_here": bool(done.handed_off)},
-        )
-        if done.handed_off or self.settings.slow_reply_mode == "off":
+            log.warning(
+                "Redis unreachable when the answer was ready; delivering it by this "
+                "worker's own hand-offs",
+                extra={"event": "finish_unconfirmed"},
+            )
             return set(done.handed_off)
-        done.answer = answer
-        done.set()
-        deadline = answer["started_at"] + self.settings.dedup_window_s
-        while self.clock() < deadline:
-            self.sleep(_FINISH_RETRY_S)
-            try:
-                flags = self.store.finish(key, answer)
-            except StoreUnavailable:
-                continue
-            if flags is not None:
-                return flags
-            stored = self.store.get(key)
-            if stored is not None and (stored.answer or {}).get("run") == answer["run"]:
-                return set(stored.flags)  # an earlier try ran, its reply lost
-            return None
-        return set()
+        return None if flags is None else flags | done.unconfirmed
 
     def _stored_answer(self, key: str) -> dict[str, Any] | None:
         job = self.store.get(key)
