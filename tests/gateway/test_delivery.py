@@ -563,3 +563,44 @@ def test_a_job_evicted_from_a_full_store_keeps_its_placeholders_promise(make_gat
     fake_ai.latency_for = lambda message: 0
     follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oEvicted")))
     assert follow_up["Content"] == "答：慢"
+
+
+def test_a_retry_during_an_outage_waits_for_the_job_this_worker_runs(make_gateway, fake_ai):
+    """Claimed in Redis, then Redis fails: the retry that reaches this worker is claimed
+    in-process, and must wait for the job already running here, not ask the AI again."""
+    gateway = make_gateway(reply_budget_s=0.4, retry_hold_s=0.5)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    primary = SwitchableRedis()
+    primary.down = False
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 0.7
+    fields = text_message("慢", openid="oSameWorker")
+    assert gateway.post(fields).status_code == 503  # held; the job runs here, in Redis
+    primary.down = True
+    assert gateway.reply_of(gateway.post(fields))["Content"] == "答：慢"
+    assert fake_ai.calls_for(job_key(fields)) == 1
+
+
+def test_a_hand_off_made_during_an_outage_binds_the_job_after_redis_is_back(make_gateway, fake_ai):
+    """The last attempt's hand-off went to the in-process store while Redis was down; Redis
+    is back when the job finishes there, without the flag: the placeholder's answer must
+    still be parked."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=2)
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    primary = SwitchableRedis()
+    primary.down = False
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    fake_ai.latency_s = 2.0
+    created = int(time.time()) - 3  # 3-4 s old: the first attempt is not WeChat's last
+    fields = text_message("慢", openid="oBackAgain", create_time=created)
+    assert gateway.post(fields).status_code == 503  # held; the job runs here, in Redis
+    primary.down = True
+    # The in-process store counts this retry as attempt 1: its age makes it the last.
+    wait_until(lambda: time.time() >= created + 4.05, 2, "the message to be 4 s old")
+    assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
+    primary.down = False
+    wait_for_the_job(gateway, fields)
+    fake_ai.latency_s = 0
+    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oBackAgain")))
+    assert follow_up["Content"] == "答：慢"
+    assert fake_ai.calls_for(job_key(fields)) == 1

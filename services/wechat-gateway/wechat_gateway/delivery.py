@@ -66,10 +66,10 @@ def _spawn(function: Callable[..., None], *args: Any) -> None:
 class _LocalJob(threading.Event):
     """A job this worker runs: set once its answer is stored, which waiters then read here.
 
-    It also remembers the hand-offs this worker's attempts made, for when Redis cannot say:
-    `handed_off` all of them, `unconfirmed` those whose store call failed (it may or may
-    not have run), which a later `finish` in Redis would otherwise not report; and, once
-    the answer is in, `delivering`: the flags by which the job itself delivers it late.
+    It also remembers the hand-offs this worker's attempts made (`handed_off`): a hand-off
+    Redis may not have recorded (its call failed, or went to the in-process store while
+    Redis was down) still binds the job to deliver the answer late. Once the answer is in,
+    `delivering` holds the flags by which the job itself delivers it.
     """
 
     answer: dict[str, Any] | None = None
@@ -77,7 +77,6 @@ class _LocalJob(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self.handed_off: set[str] = set()
-        self.unconfirmed: set[str] = set()
         self.delivering: set[str] = set()
 
 
@@ -152,6 +151,10 @@ class Delivery:
                     "Redis unreachable after a parked answer was taken; sending it",
                     extra={"event": "finish_unconfirmed"},
                 )
+        elif message["dedup_key"] in self._done and key != message["dedup_key"]:
+            # Redis failed mid-job: this worker runs the message's job, claimed in Redis,
+            # and this retry was claimed in-process. Wait for that job, not a second answer.
+            key = message["dedup_key"]
         else:
             if is_event and message.get("event") == "unsubscribe":
                 # Answers still in flight for this user are dropped too (_park, _push).
@@ -238,7 +241,7 @@ class Delivery:
         """The answer if it exists by now, and whether a late delivery can be promised.
 
         With Redis unreachable in the middle of a Redis job, only a job running in this
-        worker can keep the promise (it reads its own note, `_LocalJob.unconfirmed`); a job
+        worker can keep the promise (it reads its own note, `_LocalJob.handed_off`); a job
         running elsewhere might never learn of it, so the user gets the fallback instead of
         a placeholder for an answer nobody delivers.
         """
@@ -256,8 +259,6 @@ class Delivery:
             answer = local.answer  # set if the job ended while Redis was being asked
             if answer is not None and flag in local.delivering:
                 return None, True  # the hand-off did reach Redis: the job delivers it
-            if answer is None and late:
-                local.unconfirmed.add(flag)
         if answer is None and local is not None and late:
             local.handed_off.add(flag)
         return answer, True
@@ -370,8 +371,9 @@ class Delivery:
 
     def _finish(self, key: str, answer: dict[str, Any], done: _LocalJob) -> set[str] | None:
         """Store the answer; the hand-off flags that ask for its late delivery, or None if
-        a job taken over from us answered first. Redis decides, plus this worker's own
-        hand-offs it may have missed; with Redis unreachable, this worker's alone."""
+        a job taken over from us answered first. The store's flags, plus this worker's own
+        hand-offs, which the store may have missed; with Redis unreachable, those alone
+        (a placeholder another replica sent is then not followed by the answer)."""
         try:
             flags = self.store.finish(key, answer)
         except StoreUnavailable:
@@ -381,7 +383,7 @@ class Delivery:
                 extra={"event": "finish_unconfirmed"},
             )
             return set(done.handed_off)
-        return None if flags is None else flags | done.unconfirmed
+        return None if flags is None else flags | done.handed_off
 
     def _stored_answer(self, key: str) -> dict[str, Any] | None:
         job = self.store.get(key)
