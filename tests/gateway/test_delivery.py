@@ -45,6 +45,12 @@ def wait_for_the_job(gateway, fields: dict[str, str]) -> None:
     wait_until(lambda: job_key(fields) not in delivery._done, 5, "the job to end")
 
 
+def next_reply(gateway, fake_ai, openid: str) -> str:
+    """What the user's next message ("在吗", answered at once) gets back."""
+    fake_ai.latency_s = 0
+    return gateway.reply_of(gateway.post(text_message("在吗", openid=openid)))["Content"]
+
+
 def test_custom_mode_pushes_a_late_answer(make_gateway, fake_ai):
     sender = RecordingSender()
     gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
@@ -311,32 +317,11 @@ def test_drain_waits_for_running_jobs_within_its_budget(make_gateway, fake_ai):
     assert sender.sent == [("oDrain", {"type": "text", "content": "答：慢"})]
 
 
-class ClaimReplyLost:
-    """A Redis stand-in whose first claim runs but whose reply never arrives (a timeout)."""
-
-    name = "redis"
-
-    def __init__(self) -> None:
-        self.jobs = LocalStore(100)
-        self.lost = False
-
-    def __getattr__(self, method):
-        def call(*args, **kwargs):
-            result = getattr(self.jobs, method)(*args, **kwargs)
-            if method == "claim" and not self.lost:
-                self.lost = True
-                raise redis.TimeoutError("Timeout reading from socket")
-            return result
-
-        return call
-
-
 def test_a_retry_after_a_lost_claim_reply_waits_for_the_in_process_job(make_gateway, fake_ai):
     """The first claim reached Redis but its reply timed out: the job runs in-process.
     WeChat's retry on this worker must get that job's answer, not ask the AI again."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, job_lease_s=0.3)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    delivery.store = FailoverStore(ClaimReplyLost(), LocalStore(100), retry_after_s=0.0)
+    on_redis(gateway, RedisStandIn(claim="after"))
     fake_ai.latency_s = 0.6
     fields = text_message("慢", openid="oLost")
     assert gateway.post(fields).status_code == 503  # held: WeChat retries
@@ -345,31 +330,50 @@ def test_a_retry_after_a_lost_claim_reply_waits_for_the_in_process_job(make_gate
     assert fake_ai.calls_for(job_key(fields)) == 1
 
 
-class SwitchableRedis:
-    """A Redis stand-in that is down while `down` is set."""
+class RedisStandIn:
+    """A RedisStore stand-in whose data is a LocalStore. `down`: every call is refused.
+    `fail_next[method]`: that method's next call times out, "before" it runs or "after"
+    (it ran, its reply was lost); `while_lost` runs in between, as a slow timeout would."""
 
     name = "redis"
 
-    def __init__(self) -> None:
+    def __init__(self, down: bool = False, **fail_next: str) -> None:
         self.jobs = LocalStore(100)
-        self.down = True
+        self.down = down
+        self.fail_next = dict(fail_next)
+        self.while_lost = lambda: None
 
     def __getattr__(self, method):
+        run = getattr(self.jobs, method)
+
         def call(*args, **kwargs):
             if self.down:
                 raise redis.ConnectionError("connection refused")
-            return getattr(self.jobs, method)(*args, **kwargs)
+            how = self.fail_next.pop(method, None)
+            if how == "before":
+                raise redis.TimeoutError("Timeout reading from socket")
+            result = run(*args, **kwargs)
+            if how == "after":
+                self.while_lost()
+                raise redis.TimeoutError("Timeout reading from socket")
+            return result
 
         return call
+
+
+def on_redis(gateway, primary: RedisStandIn):
+    """The gateway's Delivery, its store now `primary` with the in-process fallback."""
+    delivery = gateway.app.extensions["celestial_nexus"].delivery
+    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    return delivery
 
 
 def test_redis_back_between_attempts_the_retry_gets_the_in_process_answer(make_gateway, fake_ai):
     """Claimed in-process during an outage: once Redis is back, Redis has never heard of
     the message, and the retry must not start a second job there."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    primary = SwitchableRedis()
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = RedisStandIn(down=True)
+    on_redis(gateway, primary)
     fake_ai.latency_s = 0.6
     fields = text_message("停电时问的", openid="oOutage")
     assert gateway.post(fields).status_code == 503
@@ -379,28 +383,6 @@ def test_redis_back_between_attempts_the_retry_gets_the_in_process_answer(make_g
     assert fake_ai.calls_for(job_key(fields)) == 1
 
 
-class HandOffLost(SwitchableRedis):
-    """Redis up, but the next hand_off fails after (`ran`) or before running there."""
-
-    def __init__(self, ran: bool) -> None:
-        super().__init__()
-        self.down = False
-        self.ran = ran
-        self.failed = False
-
-    def __getattr__(self, method):
-        if method != "hand_off" or self.failed:
-            return super().__getattr__(method)
-
-        def fail(*args, **kwargs):
-            self.failed = True
-            if self.ran:
-                self.jobs.hand_off(*args, **kwargs)
-            raise redis.TimeoutError("Timeout reading from socket")
-
-        return fail
-
-
 @pytest.mark.parametrize("ran", [False, True], ids=["never_ran", "reply_lost"])
 def test_a_hand_off_whose_outcome_is_unknown_still_delivers_the_answer_once(
     make_gateway, fake_ai, ran
@@ -408,15 +390,12 @@ def test_a_hand_off_whose_outcome_is_unknown_still_delivers_the_answer_once(
     """The placeholder promises the answer: the job must park it whether or not Redis
     recorded the hand-off, and park it once."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    delivery.store = FailoverStore(HandOffLost(ran), LocalStore(100), retry_after_s=0.0)
+    on_redis(gateway, RedisStandIn(hand_off="after" if ran else "before"))
     fake_ai.latency_s = 0.6
     fields = text_message("慢", openid="oHandOff")
     assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
     wait_for_the_job(gateway, fields)
-    fake_ai.latency_s = 0
-    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oHandOff")))
-    assert follow_up["Content"] == "答：慢"
+    assert next_reply(gateway, fake_ai, "oHandOff") == "答：慢"
     again = gateway.reply_of(gateway.post(text_message("再问", openid="oHandOff")))
     assert again["Content"] == "答：再问"
 
@@ -425,9 +404,8 @@ def test_an_unknown_hand_off_of_a_job_run_elsewhere_promises_nothing(make_gatewa
     """Redis unreachable at the last attempt of a job another worker runs: that worker
     may never learn of a hand-off, so the user gets the fallback, not a placeholder."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    primary = HandOffLost(ran=False)
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = RedisStandIn(hand_off="before")
+    on_redis(gateway, primary)
     fields = text_message("别处", openid="oElsewhere")
     primary.jobs.claim(job_key(fields), "another-worker", time.time(), 120, 30.0)
     reply = gateway.reply_of(gateway.post(fields))
@@ -441,42 +419,20 @@ def test_redis_down_when_the_answer_is_ready_the_placeholders_promise_is_kept(
     """The hand-off reached Redis, then Redis went away before the job could store its
     answer there: the job knows its own worker handed off, and parks the answer."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    primary = SwitchableRedis()
-    primary.down = False
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = RedisStandIn()
+    on_redis(gateway, primary)
     fake_ai.latency_s = 0.6
     fields = text_message("慢", openid="oRedisGone")
     assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
     primary.down = True
     wait_for_the_job(gateway, fields)
-    fake_ai.latency_s = 0
-    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oRedisGone")))
-    assert follow_up["Content"] == "答：慢"
-
-
-class FinishFails(SwitchableRedis):
-    """Redis up, except that every finish loses its connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    def __getattr__(self, method):
-        if method != "finish":
-            return super().__getattr__(method)
-
-        def fail(*args, **kwargs):
-            raise redis.ConnectionError("Connection reset by peer")
-
-        return fail
+    assert next_reply(gateway, fake_ai, "oRedisGone") == "答：慢"
 
 
 def test_a_parked_answer_taken_from_redis_is_sent_even_if_storing_it_fails(make_gateway, fake_ai):
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    primary = FinishFails()
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = RedisStandIn(finish="before")
+    on_redis(gateway, primary)
     parked = {"reply": {"type": "text", "content": "答：旧问题"}, "source": "ai"}
     primary.jobs.park("gh_0123456789ab:oParkedFail", parked, 600)
     reply = gateway.reply_of(gateway.post(text_message("在吗", openid="oParkedFail")))
@@ -488,49 +444,27 @@ def test_mode_off_never_parks_the_answer_it_gave_up_on(make_gateway, fake_ai, fa
     """mode off: the user got WECHAT_FALLBACK_REPLY; a late answer must not take the place
     of the answer to their next message, whatever Redis did meanwhile."""
     gateway = make_gateway(slow_reply_mode="off", reply_budget_s=0.3, max_attempts=1)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    primary = HandOffLost(ran=False) if failure == "hand_off_unconfirmed" else SwitchableRedis()
-    primary.down = False
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = (
+        RedisStandIn(hand_off="before") if failure == "hand_off_unconfirmed" else RedisStandIn()
+    )
+    on_redis(gateway, primary)
     fake_ai.latency_s = 0.6
     fields = text_message("慢", openid="oOff")
     assert gateway.reply_of(gateway.post(fields))["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"
     primary.down = failure == "redis_down_at_finish"
     wait_for_the_job(gateway, fields)
-    fake_ai.latency_s = 0
-    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oOff")))
-    assert follow_up["Content"] == "答：在吗"
-
-
-class HandOffReplyLostWhileTheJobEnds(SwitchableRedis):
-    """The hand-off runs in Redis, and its lost reply surfaces only after the job on this
-    worker has finished there (the client waits out its socket timeout)."""
-
-    def __init__(self, job_ended) -> None:
-        super().__init__()
-        self.down = False
-        self.job_ended = job_ended
-        self.failed = False
-
-    def __getattr__(self, method):
-        if method != "hand_off" or self.failed:
-            return super().__getattr__(method)
-
-        def fail(*args, **kwargs):
-            self.failed = True
-            self.jobs.hand_off(*args, **kwargs)
-            wait_until(self.job_ended, 5, "the job to end while the reply is lost")
-            raise redis.TimeoutError("Timeout reading from socket")
-
-        return fail
+    assert next_reply(gateway, fake_ai, "oOff") == "答：在吗"
 
 
 def test_a_hand_off_whose_reply_is_lost_as_the_job_ends_delivers_once(make_gateway, fake_ai):
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=1)
     delivery = gateway.app.extensions["celestial_nexus"].delivery
     fields = text_message("慢", openid="oOnce")
-    primary = HandOffReplyLostWhileTheJobEnds(lambda: job_key(fields) not in delivery._done)
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = RedisStandIn(hand_off="after")
+    primary.while_lost = lambda: wait_until(
+        lambda: job_key(fields) not in delivery._done, 5, "the job to end while the reply is lost"
+    )
+    on_redis(gateway, primary)
     fake_ai.latency_s = 0.6
     first = gateway.reply_of(gateway.post(fields))["Content"]
     fake_ai.latency_s = 0
@@ -569,10 +503,8 @@ def test_a_retry_during_an_outage_waits_for_the_job_this_worker_runs(make_gatewa
     """Claimed in Redis, then Redis fails: the retry that reaches this worker is claimed
     in-process, and must wait for the job already running here, not ask the AI again."""
     gateway = make_gateway(reply_budget_s=0.4, retry_hold_s=0.5)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    primary = SwitchableRedis()
-    primary.down = False
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = RedisStandIn()
+    on_redis(gateway, primary)
     fake_ai.latency_s = 0.7
     fields = text_message("慢", openid="oSameWorker")
     assert gateway.post(fields).status_code == 503  # held; the job runs here, in Redis
@@ -586,10 +518,8 @@ def test_a_hand_off_made_during_an_outage_binds_the_job_after_redis_is_back(make
     is back when the job finishes there, without the flag: the placeholder's answer must
     still be parked."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.4, max_attempts=2)
-    delivery = gateway.app.extensions["celestial_nexus"].delivery
-    primary = SwitchableRedis()
-    primary.down = False
-    delivery.store = FailoverStore(primary, LocalStore(100), retry_after_s=0.0)
+    primary = RedisStandIn()
+    on_redis(gateway, primary)
     fake_ai.latency_s = 2.0
     created = int(time.time()) - 3  # 3-4 s old: the first attempt is not WeChat's last
     fields = text_message("慢", openid="oBackAgain", create_time=created)
@@ -600,7 +530,5 @@ def test_a_hand_off_made_during_an_outage_binds_the_job_after_redis_is_back(make
     assert gateway.reply_of(gateway.post(fields))["Content"].startswith("正在思考")
     primary.down = False
     wait_for_the_job(gateway, fields)
-    fake_ai.latency_s = 0
-    follow_up = gateway.reply_of(gateway.post(text_message("在吗", openid="oBackAgain")))
-    assert follow_up["Content"] == "答：慢"
+    assert next_reply(gateway, fake_ai, "oBackAgain") == "答：慢"
     assert fake_ai.calls_for(job_key(fields)) == 1
