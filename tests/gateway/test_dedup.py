@@ -194,23 +194,24 @@ def test_a_job_claimed_while_redis_was_down_stays_in_the_in_process_store():
     assert store.claim("k2", "o", 1005.0, 120, 3.0).key == "k2"  # a new job: Redis again
 
 
-def test_a_job_claimed_in_redis_keeps_to_redis_beside_an_in_process_one_of_its_key():
-    """An attempt claimed in Redis, a retry claimed in-process during an outage (a second
-    job, as without Redis): once Redis is back each job answers in its own store."""
+def test_a_job_in_redis_also_answers_its_in_process_copy_and_its_hand_off():
+    """An attempt claimed in Redis, a retry claimed in-process during an outage (a copy of
+    the job, where that retry handed off): once Redis is back the job's answer reaches
+    both, so later attempts claimed in-process read it, and the copy's hand-off counts."""
     clock = Clock()
     primary = DownRedis()
     primary.up = True
     store = FailoverStore(primary, LocalStore(10), clock=clock)
     first = store.claim("k", "o", 1000.0, 120, 3.0)
     primary.up = False
-    second = store.claim("k", "o", 1005.0, 120, 3.0)
-    assert second.is_new and second.key != first.key
+    copy = store.claim("k", "o", 1005.0, 120, 3.0)
+    assert copy.is_new and copy.key != first.key
+    assert store.hand_off(copy.key, PLACEHOLDER_SENT, 120) is None
     primary.up = True
     clock.now += 10
-    assert store.finish(first.key, {"reply": "答1"}) == set()
-    assert store.finish(second.key, {"reply": "答2"}) == set()
-    assert primary.local.get("k").answer == {"reply": "答1"}
-    assert store.fallback.get("k").answer == {"reply": "答2"}
+    assert store.finish(first.key, {"reply": "答"}) == {PLACEHOLDER_SENT}
+    assert primary.local.get("k").answer == {"reply": "答"}
+    assert store.claim("k", "o", 1010.0, 120, 3.0).answer == {"reply": "答"}
 
 
 def logged_events(capsys) -> list[str]:

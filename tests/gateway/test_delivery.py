@@ -532,3 +532,45 @@ def test_a_hand_off_made_during_an_outage_binds_the_job_after_redis_is_back(make
     wait_for_the_job(gateway, fields)
     assert next_reply(gateway, fake_ai, "oBackAgain") == "答：慢"
     assert fake_ai.calls_for(job_key(fields)) == 1
+
+
+def three_attempts_across_an_outage(make_gateway, fake_ai, openid, latency_s, lease_s=30.0):
+    """Attempt 1 claimed in Redis (held; the job runs here), Redis down, attempt 2 claimed
+    in-process on this worker (held), Redis back, attempt 3: WeChat's last, by age."""
+    gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.3, job_lease_s=lease_s)
+    primary = RedisStandIn()
+    on_redis(gateway, primary)
+    fake_ai.latency_s = latency_s
+    created = int(time.time()) - 7
+    wait_until(lambda: time.time() >= created + 8.0, 2, "the message to be 8 s old")
+    fields = text_message("慢", openid=openid, create_time=created)
+    assert gateway.post(fields).status_code == 503
+    primary.down = True
+    assert gateway.post(fields).status_code == 503
+    primary.down = False
+    if latency_s < 1.0:  # the job ends, in Redis, before WeChat's last attempt
+        wait_until(lambda: finished(fake_ai, 1), 5, "the job's answer")
+    wait_until(lambda: time.time() >= created + 9.05, 2, "the message to be 9 s old")
+    return gateway, fields, gateway.reply_of(gateway.post(fields))["Content"]
+
+
+@pytest.mark.parametrize("lease_s", [30.0, 0.3])
+def test_the_last_attempt_after_an_outage_keeps_the_placeholders_promise(
+    make_gateway, fake_ai, lease_s
+):
+    """Its claim finds the in-process copy the outage left; it must still wait for, and
+    hand off to, the job running here, even when the copy's lease has long run out."""
+    gateway, fields, third = three_attempts_across_an_outage(
+        make_gateway, fake_ai, "oThird", latency_s=2.0, lease_s=lease_s
+    )
+    assert third.startswith("正在思考")
+    wait_for_the_job(gateway, fields)
+    assert next_reply(gateway, fake_ai, "oThird") == "答：慢"
+    assert fake_ai.calls_for(job_key(fields)) == 1
+
+
+def test_the_last_attempt_after_an_outage_gets_the_answer_already_stored(make_gateway, fake_ai):
+    gateway, _, third = three_attempts_across_an_outage(
+        make_gateway, fake_ai, "oReady", latency_s=0.8
+    )
+    assert (third, next_reply(gateway, fake_ai, "oReady")) == ("答：慢", "答：在吗")

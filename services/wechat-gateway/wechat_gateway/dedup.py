@@ -526,7 +526,17 @@ class FailoverStore:
         return self._job_call("take_over", key, owner, now, lease_s)
 
     def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
-        return self._decisive_job_call("finish", key, answer)
+        """The answer of a job in Redis also answers this worker's in-process copy of it, if
+        a Redis outage made one: later attempts claimed there read it, and a hand-off
+        made there during the outage is honoured."""
+        if key.startswith(IN_PROCESS_JOB):
+            return self._job_call("finish", key, answer)
+        flags, in_process = self._served("finish", key, answer, job_key=key)
+        if not in_process and self.fallback.get(key) is not None:
+            copy_flags = self.fallback.finish(key, answer)
+            if flags is not None and copy_flags:
+                flags = flags | copy_flags
+        return flags
 
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
         return self._decisive_job_call("hand_off", key, flag, ttl_s)

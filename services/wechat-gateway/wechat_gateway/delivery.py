@@ -138,6 +138,9 @@ class Delivery:
             parked_user=None if is_event else user_key(message),
         )
         key = job.key  # the store's name for the job from here on (FailoverStore.claim)
+        # Redis failed mid-job: this worker runs the message's job, claimed in Redis, and this
+        # attempt was claimed in-process. It waits for that job, not for a second answer.
+        runs_here = key != message["dedup_key"] and message["dedup_key"] in self._done
         labelled(metrics.DELIVERY_ATTEMPTS, str(job.attempt) if job.attempt < 4 else "4+").inc()
         if not job.is_new:
             labelled(metrics.DEDUP_HITS, job.store).inc()
@@ -151,10 +154,8 @@ class Delivery:
                     "Redis unreachable after a parked answer was taken; sending it",
                     extra={"event": "finish_unconfirmed"},
                 )
-        elif message["dedup_key"] in self._done and key != message["dedup_key"]:
-            # Redis failed mid-job: this worker runs the message's job, claimed in Redis,
-            # and this retry was claimed in-process. Wait for that job, not a second answer.
-            key = message["dedup_key"]
+        elif runs_here:
+            pass
         else:
             if is_event and message.get("event") == "unsubscribe":
                 # Answers still in flight for this user are dropped too (_park, _push).
@@ -163,6 +164,8 @@ class Delivery:
 
         if job.flags:  # an earlier attempt handed the answer to the late path, which delivers it
             return self._handed_off(job.flags, job.attempt)
+        if runs_here:
+            key = message["dedup_key"]
         last = (
             s.slow_reply_mode != "retry"
             or job.attempt >= s.max_attempts
