@@ -375,6 +375,9 @@ def test_production_overlay_refuses_dev_secrets_and_runs_read_only(stack: Stack)
         [container] = stack.containers(service)
         inspect = json.loads(stack.project.engine.docker("inspect", container).stdout)[0]
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True, service
+        if service != "redis":  # ours: no capability, none to gain, and still serving
+            assert inspect["HostConfig"]["CapDrop"] == ["ALL"], service
+            assert "no-new-privileges:true" in inspect["HostConfig"]["SecurityOpt"], service
     stack.answer_until_replied("oProdUser", "the production gateway")
 
 

@@ -259,6 +259,14 @@ def test_prod_restarts_limits_and_rotates_logs(prod: dict) -> None:
         assert logging["driver"] == "json-file" and logging["options"]["max-file"] == "14", name
 
 
+@pytest.mark.parametrize("name", ["wechat-gateway", "ai-api", "alert-relay"])
+def test_prod_runs_our_services_without_capabilities(prod: dict, name: str) -> None:
+    """Our images run as uid 10001 on ports above 1024: no capability is needed or gained."""
+    svc = prod["services"][name]
+    assert svc.get("cap_drop") == ["ALL"], name
+    assert "no-new-privileges:true" in svc.get("security_opt", []), name
+
+
 def test_prod_forces_debug_off_and_strict_on(prod: dict, tmp_path: Path) -> None:
     env = prod["services"]["wechat-gateway"]["environment"]
     assert env["WECHAT_DEBUG_ENDPOINTS"] == "0" and env["STRICT_WECHAT_VERIFY"] == "1"
