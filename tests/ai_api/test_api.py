@@ -71,6 +71,24 @@ def test_commands_in_chinese_and_english(make_client, base_settings):
     assert metric(client, "ai_answer_latency_seconds_count", answerer="command") >= 4
 
 
+@pytest.mark.parametrize("typed", ["「继续」", "继续？", "【继续】", "ＨＥＬＰ", "“帮助”"])
+def test_commands_as_users_type_them(make_client, base_settings, kb_copy: Path, typed):
+    """The hint says 回复「继续」: typed with the brackets, full-width or with a question
+    mark, it is still the command, and the waiting parts are not lost to a search."""
+    (kb_copy / "长文.md").write_text("# 超长说明文档\n\n" + "很长的句子。" * 2000, encoding="utf-8")
+    client = make_client(replace(base_settings, kb_dir=kb_copy))
+    assert "回复「继续」" in reply_text(client.post("/v1/reply", json=text_message("超长说明文档")))
+    got = reply_text(client.post("/v1/reply", json=text_message(typed)))
+    assert ("很长的句子" if "继续" in typed else "常用指令") in got, got[:40]
+
+
+def test_full_width_latin_finds_the_passage(make_client, base_settings):
+    """A Chinese IME in full-width mode types ＴＯＫＥＮ: the same word as token."""
+    client = make_client(base_settings)
+    half = reply_text(client.post("/v1/reply", json=text_message("token验证失败")))
+    assert reply_text(client.post("/v1/reply", json=text_message("ＴＯＫＥＮ验证失败"))) == half
+
+
 def test_voice_with_recognition_is_answered_as_text(make_client, base_settings):
     client = make_client(base_settings)
     before = metric(client, "ai_requests_total", msg_type="voice", outcome="answered")

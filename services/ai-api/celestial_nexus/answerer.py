@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,9 @@ COMMANDS = {
     "reset": {"清除记忆", "/reset", "清空记忆", "reset"},
     "continue": {"继续", "/continue", "continue", "more"},
 }
-_COMMAND_NOISE = re.compile(r"[\s。.!！~～]+")
+# Around a command, what users type or copy from the hint (回复「继续」): spaces, brackets,
+# quotes and end punctuation. Full-width letters (ＨＥＬＰ) are folded by NFKC first.
+_COMMAND_NOISE = re.compile(r"[\s。.!?！？~～「」『』【】\[\]“”\"'‘’()（）]+")
 MIN_LLM_BUDGET_S = 0.3  # below this, asking the LLM cannot pay off: answer from the KB
 # The knowledge base is searched with the question's beginning only: segmenting costs
 # about 2 ms per 100 characters of unpunctuated Chinese, on the event loop.
@@ -49,8 +52,9 @@ KNOWN_TYPES = {"text", "image", "voice", "video", "shortvideo", "location", "lin
 
 
 def command_of(text: str) -> str | None:
-    """'help', 'reset', 'continue' or None, ignoring case, spaces and trailing punctuation."""
-    word = _COMMAND_NOISE.sub("", text).lower()
+    """'help', 'reset', 'continue' or None, ignoring case, width, spaces, brackets, quotes
+    and end punctuation: 「继续」, 继续？ and ＨＥＬＰ are the commands they look like."""
+    word = _COMMAND_NOISE.sub("", unicodedata.normalize("NFKC", text)).lower()
     for command, words in COMMANDS.items():
         if word in words:
             return command

@@ -17,6 +17,7 @@ import os
 import re
 import threading
 import time
+import unicodedata
 import warnings
 from array import array
 from bisect import bisect_left
@@ -79,7 +80,9 @@ def _analyze(
     words: list[str] = []
     chars: list[str] = []
     freq = jieba.dt.FREQ
-    for raw in jieba.cut(_LIST_NUMBER.sub(" ", text).lower()):
+    # NFKC: full-width Latin and digits (ＴＯＫＥＮ, ８０８０, typed in a Chinese IME's
+    # full-width mode) are the same words as their ASCII forms, in questions and passages.
+    for raw in jieba.cut(_LIST_NUMBER.sub(" ", unicodedata.normalize("NFKC", text)).lower()):
         word = raw.strip()
         if not word or word in STOPWORDS or _SKIP.match(word):
             continue
