@@ -9,6 +9,7 @@ import pytest
 
 from celestial_nexus.kb import (
     KnowledgeBase,
+    KnowledgeFileError,
     LiveKnowledgeBase,
     Passage,
     features,
@@ -30,6 +31,24 @@ def test_markdown_is_split_by_heading_with_section():
     ]
     assert "# 不是标题" in passages[1].body  # headings inside code blocks stay text
     assert passages[2].body == "内容二"
+
+
+def test_front_matter_is_metadata_and_titles_lose_their_markdown():
+    text = (
+        "---\ntitle: 会员说明\nauthor: 张三 zhangsan@corp.example\n---\n\n"
+        "会员每月可以免费提问一百次。\n\n# **会员** 如何`续费`\n\n在菜单里点击续费。\n\n---\n\n附注"
+    )
+    passages = split_markdown(text, "07-会员.md")
+    assert [p.title for p in passages] == ["07-会员", "会员 如何续费"]
+    assert "zhangsan@" not in passages[0].body and "title:" not in passages[0].body
+    assert passages[1].body.endswith("---\n\n附注")  # a later rule is text, not metadata
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path):
+    (tmp_path / "a.md").write_text("# 甲\n内容一", encoding="utf-8")
+    (tmp_path / "08-价格.md").write_bytes("# 价格\n\n基础版每月九十九元。".encode("gbk"))
+    with pytest.raises(KnowledgeFileError, match=r"08-价格\.md is not UTF-8"):
+        load_passages(tmp_path)
 
 
 def test_text_file_is_one_passage_titled_by_its_first_line():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from celestial_nexus.answerer import MAX_ANSWER_PARTS
 from celestial_nexus.chat_text import utf8_len
 from tests.ai_api.conftest import reply_text, text_message
 
@@ -49,3 +50,15 @@ def test_parts_are_stored_before_the_reply_even_inside_the_deadline_margin(
     assert "继续" in first
     assert "outlasts the reply deadline" not in capfd.readouterr().err  # stored in time
     assert "很长的句子" in reply_text(client.post("/v1/reply", json=text_message("继续")))
+
+
+def test_a_whole_answer_is_bounded_like_parts(make_client, base_settings, tmp_path: Path):
+    """A huge passage would be about 150 customer-service messages to one user."""
+    kb_dir = tmp_path / "kb"
+    kb_dir.mkdir()
+    (kb_dir / "manual.txt").write_text("超长手册\n" + "长句子。" * 25_000, encoding="utf-8")
+    client = make_client(replace(base_settings, kb_dir=kb_dir))
+    whole = reply_text(
+        client.post("/v1/reply", json=text_message("超长手册"), headers={"X-Reply-Parts": "all"})
+    )
+    assert 18 * 2000 < utf8_len(whole) <= MAX_ANSWER_PARTS * 2000 + MAX_ANSWER_PARTS

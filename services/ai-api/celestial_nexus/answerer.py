@@ -177,7 +177,7 @@ class Answerer:
         if answer_text is None:
             answer_text = self.texts.no_answer if best is None else best.passage.chat_text()
         # A whole answer parks nothing, and still replaces what an earlier answer parked.
-        first, rest = (answer_text, []) if whole else self._split(answer_text)
+        first, rest = (self._whole(answer_text), []) if whole else self._split(answer_text)
         await self._store_by_deadline(
             self._store_answer(openid, question, answer_text, rest), deadline_at
         )
@@ -246,10 +246,23 @@ class Answerer:
 
     def _split(self, text: str) -> tuple[str, list[str]]:
         """The first part of `text` with the `继续` hint, and the parts to park after it."""
+        parts = self._parts(text)[0] or [self.texts.no_answer]
+        return self._with_hint(parts[0], len(parts) - 1), parts[1:]
+
+    def _whole(self, text: str) -> str:
+        """`text` for X-Reply-Parts: all, within the same MAX_ANSWER_PARTS: the gateway sends
+        it as customer-service messages, and a huge passage would be a hundred of them."""
+        parts, cut = self._parts(text)
+        return "\n".join(parts) if cut else text.strip()
+
+    def _parts(self, text: str) -> tuple[list[str], bool]:
+        """`text` in parts of at most part_bytes, no more than MAX_ANSWER_PARTS of them, and
+        whether that cut some of it."""
         # A character is at least one byte: this many characters fill every allowed part.
         bounded = text[: MAX_ANSWER_PARTS * self.part_bytes]
         parts = [p for p in (s.strip() for s in split_text(bounded, self.part_bytes)) if p]
-        if len(parts) > MAX_ANSWER_PARTS or len(bounded) < len(text):
+        cut = len(parts) > MAX_ANSWER_PARTS or len(bounded) < len(text)
+        if cut:
             log.warning(
                 "an answer of %d characters was cut to its first %d parts; shorten the "
                 "knowledge-base passage (or LLM_MAX_TOKENS)",
@@ -257,9 +270,7 @@ class Answerer:
                 MAX_ANSWER_PARTS,
             )
             parts = parts[:MAX_ANSWER_PARTS]
-        if not parts:
-            parts = [self.texts.no_answer]
-        return self._with_hint(parts[0], len(parts) - 1), parts[1:]
+        return parts, cut
 
     def _with_hint(self, part: str, remaining: int) -> str:
         if remaining <= 0:

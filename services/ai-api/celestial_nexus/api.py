@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from . import metrics
 from .answerer import KNOWN_TYPES, Answerer
 from .config import ConfigError, Settings, url_for_logs
-from .kb import LiveKnowledgeBase
+from .kb import KnowledgeFileError, LiveKnowledgeBase
 from .llm import LLMClient, LLMConfig
 from .logs import configure_logging
 from .replies import load_replies
@@ -53,7 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.KB_RELOADS.labels(result).inc()
         metrics.KB_PASSAGES.set(passages)
 
-    kb = LiveKnowledgeBase(settings.kb_dir, on_reload=on_reload)
+    try:
+        kb = LiveKnowledgeBase(settings.kb_dir, on_reload=on_reload)
+    except KnowledgeFileError as exc:
+        raise ConfigError(f"Config 'KB_DIR': {exc}") from None
     log.info("knowledge base loaded: %d passages from %s", len(kb.current), settings.kb_dir)
 
     def on_redis_state(state: str) -> None:

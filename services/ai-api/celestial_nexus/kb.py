@@ -61,6 +61,8 @@ _STOPWORD_TEXT = """
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _SKIP = re.compile(r"^[\W_]+$")
 _HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.+?)\s*#*\s*$")
+# YAML front matter: a first line of ---, then lines up to the next --- (or ...).
+_FRONT_MATTER = re.compile(r"\A\ufeff?---[ \t]*\n.*?\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.S)
 
 
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
@@ -161,7 +163,13 @@ class Hit:
 
 
 def split_markdown(text: str, source: str) -> list[Passage]:
-    """One passage per heading; text before the first heading is titled by the file name."""
+    """One passage per heading; text before the first heading is titled by the file name.
+
+    A leading front-matter block (--- ... ---, as static-site tools write) is metadata, not
+    an answer: an author's e-mail must not reach users. Headings lose their Markdown marks,
+    since the title is shown as 【title】.
+    """
+    text = _FRONT_MATTER.sub("", text, count=1)
     passages: list[Passage] = []
     title = Path(source).stem
     section = ""
@@ -186,7 +194,7 @@ def split_markdown(text: str, source: str) -> list[Passage]:
         level = len(match.group(1))
         parents = {lvl: name for lvl, name in parents.items() if lvl < level}
         section = parents[max(parents)] if parents else ""
-        title = match.group(2).strip()
+        title = markdown_to_plain(match.group(2).strip()) or match.group(2).strip()
         parents[level] = title
     flush()
     return passages
@@ -221,11 +229,21 @@ def kb_files(kb_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+class KnowledgeFileError(ValueError):
+    """A knowledge-base file that cannot be read as text; names the file for the operator."""
+
+
 def load_passages(kb_dir: Path) -> list[Passage]:
     passages: list[Passage] = []
     for path in kb_files(kb_dir):
         source = path.relative_to(kb_dir).as_posix()
-        text = path.read_text(encoding="utf-8-sig")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise KnowledgeFileError(
+                f"knowledge-base file {source} is not UTF-8 (byte {exc.start}): "
+                "save it as UTF-8 (GBK and UTF-16 are not read)"
+            ) from None
         if path.suffix.lower() == ".txt":
             passages.extend(split_text_file(text, source))
         else:
@@ -397,7 +415,7 @@ class LiveKnowledgeBase:
                 return False
             try:
                 kb = KnowledgeBase.from_dir(self.kb_dir)
-            except (OSError, UnicodeDecodeError) as exc:
+            except (OSError, KnowledgeFileError) as exc:
                 return self._reload_failed(exc, signature)
             self._signature = signature
             self.current = kb
