@@ -67,6 +67,17 @@ def test_split_prefers_paragraphs_then_sentences():
     assert all(p.endswith(". ") for p in parts[:-1])
 
 
+def test_split_never_cuts_inside_a_url():
+    """A '?' or ':' inside a link is not a sentence or clause end: a cut link works nowhere."""
+    url = "https://mp.weixin.qq.com/wiki?t=resource/res_main&id=mp1421135319"
+    paragraph = "配置公众号服务器时请先确认令牌与密钥一致，然后在后台提交。" * 21
+    parts = split_text(f"{paragraph}详细步骤见 {url} 这一页，按说明核对即可。", 1900)
+    assert len(parts) == 2 and any(url in part for part in parts)
+    links = [f"https://example.com/p{i}?q=1:2" for i in range(80)]
+    parts = split_text(" ".join(links), 500)
+    assert all(any(link in part for part in parts) for link in links)
+
+
 def test_split_rejects_a_budget_below_one_character():
     with pytest.raises(ValueError, match="max_bytes"):
         split_text("abc", 3)
@@ -92,6 +103,14 @@ def test_split_rejects_a_budget_below_one_character():
         ("普通文本，没有标记。2*3*4 = 24", "普通文本，没有标记。2*3*4 = 24"),
         ("snake_case_name 保持不变", "snake_case_name 保持不变"),
         ("体积 = 长*宽*高", "体积 = 长*宽*高"),
+        # Code and URLs are kept as written: emphasis rules must not eat their underscores.
+        ("编辑 `__init__.py` 文件", "编辑 __init__.py 文件"),
+        ("`a<br>b` 里的标签", "a<br>b 里的标签"),
+        ("见 https://example.com/a__b__c 。", "见 https://example.com/a__b__c 。"),
+        (
+            "[维基](https://en.wikipedia.org/wiki/Python_(programming_language))",
+            "维基（https://en.wikipedia.org/wiki/Python_(programming_language)）",
+        ),
     ],
 )
 def test_markdown_to_plain(markdown, plain):

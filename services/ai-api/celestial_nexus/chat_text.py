@@ -18,8 +18,13 @@ _BULLET = re.compile(r"^(\s*)[-*+]\s+(?:\[( |x|X)\]\s+)?")
 _QUOTE = re.compile(r"^\s{0,3}>\s?")
 _RULE = re.compile(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$")
 _TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
-_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+# A link target may hold balanced parentheses (…/wiki/Python_(programming_language)).
+_TARGET = r"((?:[^()\s]|\([^()\s]*\))+)"
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(" + _TARGET + r"(?:\s+\"[^\"]*\")?\)")
+_LINK = re.compile(r"\[([^\]]+)\]\(" + _TARGET + r"(?:\s+\"[^\"]*\")?\)")
+# A bare URL ends at a space or at Chinese punctuation, which users put right after it.
+_URL = re.compile(r"https?://[^\s<>\"'，。！？、；：“”‘’（）《》【】「」]+")
+_KEPT = re.compile(r"\x00(\d+)\x00")
 _BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 # Stars touching a letter or a Chinese character (2*3*4, 长*宽*高) are arithmetic, not
 # emphasis: 这是*重点* keeps its stars rather than risk turning a formula into 长宽高.
@@ -63,15 +68,28 @@ def markdown_to_plain(text: str) -> str:
 
 
 def _inline(line: str) -> str:
-    line = _IMAGE.sub(lambda m: f"{m.group(1) or '图片'} {m.group(2)}", line)
+    """Emphasis and HTML marks dropped; code spans and URLs kept exactly as written, so
+    `__init__.py` and https://example.com/a__b__c survive the emphasis rules."""
+    kept: list[str] = []
+
+    def keep(text: str) -> str:
+        kept.append(text)
+        return f"\x00{len(kept) - 1}\x00"
+
+    line = _CODE.sub(lambda m: keep(m.group(1)), line.replace("\x00", ""))
+    line = _IMAGE.sub(lambda m: f"{m.group(1) or '图片'} {keep(m.group(2))}", line)
     line = _LINK.sub(
-        lambda m: m.group(1) if m.group(1) == m.group(2) else f"{m.group(1)}（{m.group(2)}）", line
+        lambda m: (
+            keep(m.group(2)) if m.group(1) == m.group(2) else f"{m.group(1)}（{keep(m.group(2))}）"
+        ),
+        line,
     )
-    line = _CODE.sub(r"\1", line)
+    line = _URL.sub(lambda m: keep(m.group(0)), line)
     line = _BOLD.sub(r"\2", line)
     line = _STRIKE.sub(r"\1", line)
     line = _ITALIC.sub(r"\1", line)
-    return _HTML_TAG.sub("", line)
+    line = _HTML_TAG.sub("", line)
+    return _KEPT.sub(lambda m: kept[int(m.group(1))], line)
 
 
 def utf8_len(text: str) -> int:
@@ -128,12 +146,16 @@ def _fit(text: str, start: int, max_bytes: int) -> int:
 
 
 def _best_break(text: str, start: int, end: int) -> int:
+    """The end of the best break in the second half of text[start:end]; a '?', ':' or ','
+    inside a URL is not one (a link cut in two works in neither part)."""
     window = text[start:end]
     floor = len(window) // 2
+    urls = [(m.start(), m.end()) for m in _URL.finditer(window)]
     for pattern in _BREAKS:
         cut = None
         for match in pattern.finditer(window):
-            if match.end() > floor:
+            inside_url = any(a < match.start() < b for a, b in urls)
+            if match.end() > floor and not inside_url:
                 cut = match.end()
         if cut:
             return start + cut
