@@ -112,6 +112,35 @@ def test_an_erasure_during_an_outage_reaches_redis_before_anything_is_read(redis
     run(scenario())
 
 
+def test_what_was_written_during_an_outage_is_what_redis_holds_after_it(redis_proxy):
+    """Parts waiting for 继续 and the conversation, written locally while Redis was away,
+    must not be replaced by Redis's older values when it is back."""
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = ResilientStore(
+            RedisStore.from_url(redis_proxy.url),
+            LocalStore(10, clock=clock),
+            retry_after_s=5,
+            clock=clock,
+        )
+        await store.set_list("cn:ai:parts:oU", ["甲的第二段", "甲的第三段"], ttl_s=600)
+        await store.push_trim("cn:ai:mem:oU", ["问甲", "答甲"], keep=10, ttl_s=600)
+        redis_proxy.cut()
+        await store.set_list("cn:ai:parts:oU", [], ttl_s=600)  # 乙: a short answer, no parts
+        await store.push_trim("cn:ai:mem:oU", ["问乙", "答乙"], keep=10, ttl_s=600)
+        assert store.state == "down"
+        redis_proxy.restore()
+        clock.now += 6  # the retry is due
+        assert await store.pop_first("cn:ai:parts:oU") is None  # not 甲的第二段
+        assert store.state == "up"
+        assert await store.get_list("cn:ai:mem:oU") == ["问乙", "答乙"]
+        assert 0 < await store.redis.client.ttl("cn:ai:mem:oU") <= 600
+        await store.close()
+
+    run(scenario())
+
+
 class FlakyRedis:
     """Stands in for RedisStore: fails every call while `down`, records the keys deleted."""
 

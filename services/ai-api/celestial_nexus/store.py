@@ -3,13 +3,16 @@
 Both stores keep short lists of strings with an expiry behind one small interface. When
 Redis cannot be reached the service degrades to the in-process store (bounded by expiry
 and a capacity) and tries Redis again a few seconds later, instead of failing requests.
-An erasure that cannot reach Redis is remembered and replayed before Redis is used again.
+An erasure that cannot reach Redis is remembered and replayed before Redis is used again,
+and so is every list written during the outage: Redis gets the in-process value (or loses
+its own), so what it held from before the outage is never read back as current.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING_DELETES = 100_000  # keys erased during an outage, waiting for Redis (~15 MB at most)
 DELETE_BATCH = 500  # keys per DEL when replaying them
+_WRITES = frozenset({"push_trim", "set_list", "pop_first"})
 
 
 class Store(Protocol):
@@ -89,6 +93,13 @@ class LocalStore:
     async def delete(self, *keys: str) -> None:
         for key in keys:
             self._data.pop(key, None)
+
+    def entry(self, key: str) -> tuple[list[str], float] | None:
+        """The live values of `key` and the seconds left before they expire, or None."""
+        values = self._live(key)
+        if not values:
+            return None
+        return list(values), self._data[key][0] - self._clock()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -172,6 +183,8 @@ class ResilientStore:
         # key -> the erasure's sequence number, oldest first; see _replay_deletes.
         self._pending_deletes: dict[str, int] = {}
         self._delete_seq = 0
+        # Keys written in the local store during an outage, oldest first; see _carry_over.
+        self._written_during_outage: dict[str, None] = {}
 
     def _failed(self, exc: Exception) -> None:
         if self.state != "down":
@@ -193,6 +206,7 @@ class ResilientStore:
             return None
         try:
             await self._replay_deletes(self.redis)
+            await self._carry_over(self.redis)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
@@ -208,6 +222,21 @@ class ResilientStore:
                 # than the DEL just sent.
                 if self._pending_deletes.get(key) == seq:
                     del self._pending_deletes[key]
+
+    async def _carry_over(self, redis_store: RedisStore) -> None:
+        """Give Redis what was written locally during the outage (parts waiting for 继续,
+        the conversation), with what is left of its expiry; a key since emptied or expired
+        is deleted there. The local copy goes: Redis holds the current value again."""
+        while self._written_during_outage:
+            key = next(iter(self._written_during_outage))
+            entry = self.local.entry(key)
+            if entry is None:
+                await redis_store.delete(key)
+            else:
+                values, ttl_s = entry
+                await redis_store.set_list(key, values, max(1, math.ceil(ttl_s)))
+            self._written_during_outage.pop(key, None)
+            await self.local.delete(key)
 
     def _remember_deletes(self, keys: tuple[str, ...]) -> None:
         """Note erasures Redis has not seen yet; beyond the bound the oldest are dropped."""
@@ -235,7 +264,18 @@ class ResilientStore:
             else:
                 self._ok(redis_store)
                 return result
+        if self.redis is not None and method in _WRITES:
+            self._note_written(args[0])
         return await getattr(self.local, method)(*args)
+
+    def _note_written(self, key: str) -> None:
+        """Remember a key written locally during an outage, within the erasures' bound."""
+        self._written_during_outage.pop(key, None)
+        self._written_during_outage[key] = None
+        if len(self._written_during_outage) > self.max_pending_deletes:
+            oldest = next(iter(self._written_during_outage))
+            del self._written_during_outage[oldest]
+            log.error("writes waited too long for Redis; %s will read its older value", oldest)
 
     async def get_list(self, key: str) -> list[str]:
         return await self._call("get_list", key)
