@@ -89,16 +89,21 @@ def test_no_redis_means_disabled():
     assert run(store.check()) == "disabled"
 
 
+def store_behind(redis_proxy, clock: Clock) -> ResilientStore:
+    """Redis through the proxy a test cuts, the retry after 5 s of `clock`."""
+    return ResilientStore(
+        RedisStore.from_url(redis_proxy.url),
+        LocalStore(10, clock=clock),
+        retry_after_s=5,
+        clock=clock,
+    )
+
+
 def test_an_erasure_during_an_outage_reaches_redis_before_anything_is_read(redis_proxy):
     clock = Clock()
 
     async def scenario() -> None:
-        store = ResilientStore(
-            RedisStore.from_url(redis_proxy.url),
-            LocalStore(10, clock=clock),
-            retry_after_s=5,
-            clock=clock,
-        )
+        store = store_behind(redis_proxy, clock)
         await store.push_trim("cn:ai:mem:oU", ["remembered"], keep=10, ttl_s=60)
         redis_proxy.cut()
         await store.delete("cn:ai:mem:oU")  # Redis unreachable: it still holds the key
@@ -118,12 +123,7 @@ def test_what_was_written_during_an_outage_is_what_redis_holds_after_it(redis_pr
     clock = Clock()
 
     async def scenario() -> None:
-        store = ResilientStore(
-            RedisStore.from_url(redis_proxy.url),
-            LocalStore(10, clock=clock),
-            retry_after_s=5,
-            clock=clock,
-        )
+        store = store_behind(redis_proxy, clock)
         await store.set_list("cn:ai:parts:oU", ["甲的第二段", "甲的第三段"], ttl_s=600)
         await store.push_trim("cn:ai:mem:oU", ["问甲", "答甲"], keep=10, ttl_s=600)
         redis_proxy.cut()
