@@ -534,12 +534,15 @@ def test_a_hand_off_made_during_an_outage_binds_the_job_after_redis_is_back(make
     assert fake_ai.calls_for(job_key(fields)) == 1
 
 
-def three_attempts_across_an_outage(make_gateway, fake_ai, openid, latency_s, lease_s=30.0):
+def three_attempts_across_an_outage(
+    make_gateway, fake_ai, openid, latency_s, lease_s=30.0, before_last=None
+):
     """Attempt 1 claimed in Redis (held; the job runs here), Redis down, attempt 2 claimed
-    in-process on this worker (held), Redis back, attempt 3: WeChat's last, by age."""
+    in-process on this worker (held), Redis back, `before_last(primary, fields)`, attempt 3:
+    WeChat's last, by age."""
     gateway = make_gateway(reply_budget_s=0.3, retry_hold_s=0.3, job_lease_s=lease_s)
     primary = RedisStandIn()
-    on_redis(gateway, primary)
+    delivery = on_redis(gateway, primary)
     fake_ai.latency_s = latency_s
     created = int(time.time()) - 7
     wait_until(lambda: time.time() >= created + 8.0, 2, "the message to be 8 s old")
@@ -550,6 +553,8 @@ def three_attempts_across_an_outage(make_gateway, fake_ai, openid, latency_s, le
     primary.down = False
     if latency_s < 1.0:  # the job ends, in Redis, before WeChat's last attempt
         wait_until(lambda: finished(fake_ai, 1), 5, "the job's answer")
+    if before_last is not None:
+        before_last(primary, delivery, fields)
     wait_until(lambda: time.time() >= created + 9.05, 2, "the message to be 9 s old")
     return gateway, fields, gateway.reply_of(gateway.post(fields))["Content"]
 
@@ -574,3 +579,59 @@ def test_the_last_attempt_after_an_outage_gets_the_answer_already_stored(make_ga
         make_gateway, fake_ai, "oReady", latency_s=0.8
     )
     assert (third, next_reply(gateway, fake_ai, "oReady")) == ("答：慢", "答：在吗")
+
+
+def test_a_lost_hand_off_reply_after_an_outage_delivers_once(make_gateway, fake_ai):
+    """Attempt 3 hands off in Redis, and its reply is lost while the job ends: the job parks
+    the answer, so the attempt must not also reply with it from the in-process copy."""
+
+    def lose_the_hand_off_reply(primary, delivery, fields):
+        primary.fail_next["hand_off"] = "after"
+        primary.while_lost = lambda: wait_until(
+            lambda: job_key(fields) not in delivery._done, 5, "the job to end meanwhile"
+        )
+
+    gateway, fields, third = three_attempts_across_an_outage(
+        make_gateway, fake_ai, "oLostHandOff", latency_s=2.0, before_last=lose_the_hand_off_reply
+    )
+    assert [third, next_reply(gateway, fake_ai, "oLostHandOff")].count("答：慢") == 1
+    assert fake_ai.calls_for(job_key(fields)) == 1
+
+
+@pytest.mark.parametrize("how", ["retry_in_process", "hand_off_unconfirmed"])
+def test_custom_mode_a_retry_after_a_hand_off_is_not_answered_too(make_gateway, fake_ai, how):
+    """Attempt 1 waits out its budget and hands off (success, but past WeChat's 5 s when
+    Redis is slow), so WeChat retries. The retry reaches the job running here: it must
+    answer success as attempt 1 did, since the job pushes the answer."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.4)
+    primary = RedisStandIn(hand_off="before") if how == "hand_off_unconfirmed" else RedisStandIn()
+    on_redis(gateway, primary)
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oRetryPush" + how[:3])
+    assert gateway.post(fields).data == b"success"  # attempt 1: custom_pending
+    primary.down = how == "retry_in_process"  # attempt 2 claimed in-process
+    second = gateway.post(fields)
+    primary.down = False
+    wait_for_the_job(gateway, fields)
+    replied = second.data != b"success"
+    assert not (replied and sender.sent), (second.data[:40], sender.sent)
+
+
+def test_custom_mode_the_in_process_copy_knows_the_answer_was_pushed(make_gateway, fake_ai):
+    """Attempt 1 hands off in Redis; attempt 2's claim times out (the in-process copy), its
+    hand-off reaches Redis. The job pushes the answer and answers the copy: with Redis's
+    flags, so attempt 3, claimed on the copy, answers success, not the answer again."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.4)
+    primary = RedisStandIn()
+    on_redis(gateway, primary)
+    fake_ai.latency_s = 1.2
+    fields = text_message("慢", openid="oCopyPush")
+    assert gateway.post(fields).data == b"success"  # attempt 1 (past WeChat's 5 s in real life)
+    primary.fail_next["claim"] = "before"  # attempt 2's claim times out: the copy
+    assert gateway.post(fields).data == b"success"  # attempt 2: its hand-off reaches Redis
+    wait_for_the_job(gateway, fields)
+    assert sender.sent == [("oCopyPush", {"type": "text", "content": "答：慢"})]
+    third = gateway.post(fields)  # attempt 3, WeChat's last
+    assert third.data == b"success", gateway.reply_of(third)

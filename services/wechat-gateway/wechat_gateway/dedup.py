@@ -533,6 +533,8 @@ class FailoverStore:
             return self._job_call("finish", key, answer)
         flags, in_process = self._served("finish", key, answer, job_key=key)
         if not in_process and self.fallback.get(key) is not None:
+            for flag in flags or ():  # the copy answers its attempts as Redis would
+                self.fallback.hand_off(key, flag, ttl_s=0)  # it exists: no expiry to set
             copy_flags = self.fallback.finish(key, answer)
             if flags is not None and copy_flags:
                 flags = flags | copy_flags

@@ -162,8 +162,9 @@ class Delivery:
                 self.store.erase_user(user_key(message), arrival, s.dedup_window_s)
             self._start_job(message, key, self._window_s(), request_id)
 
-        if job.flags:  # an earlier attempt handed the answer to the late path, which delivers it
-            return self._handed_off(job.flags, job.attempt)
+        flags = job.flags | self._handed_off_here(message["dedup_key"], key, runs_here)
+        if flags:  # an earlier attempt handed the answer to the late path, which delivers it
+            return self._handed_off(flags, job.attempt)
         if runs_here:
             key = message["dedup_key"]
         last = (
@@ -176,6 +177,15 @@ class Delivery:
         if answer is not None:
             return self._delivered(answer, job.attempt, not job.is_new, arrival)
         return self._late(key, job.attempt, not job.is_new, arrival, last)
+
+    def _handed_off_here(self, message_key: str, key: str, runs_here: bool) -> frozenset[str]:
+        """The hand-offs this worker's attempts made for the message's job running here:
+        the store may not hold them (Redis failed, or the attempt was claimed in-process),
+        and a retry must answer as the attempt that handed off did, not with the answer."""
+        running = self._done.get(message_key)
+        if running is None or not (runs_here or key == message_key):
+            return frozenset()
+        return frozenset(running.handed_off)
 
     def _past_retries(self, message: dict[str, Any], arrival: float) -> bool:
         """WeChat's last attempt told by the message's age, its attempts coming 5 s apart.
@@ -260,8 +270,10 @@ class Delivery:
             if local is None:
                 return None, False
             answer = local.answer  # set if the job ended while Redis was being asked
-            if answer is not None and flag in local.delivering:
-                return None, True  # the hand-off did reach Redis: the job delivers it
+        if answer is not None and local is not None and flag in local.delivering:
+            # The hand-off reached Redis before the job finished, whichever store answered
+            # this call (a lost reply falls back to the in-process copy): the job delivers.
+            return None, True
         if answer is None and local is not None and late:
             local.handed_off.add(flag)
         return answer, True
