@@ -97,6 +97,16 @@ def test_exactly_one_side_delivers_a_late_answer(store):
     assert store.claim("early", "o", 1001.0, 120, 3.0).flags == frozenset()  # no push owns it
 
 
+def test_a_finish_writes_the_workers_own_hand_offs_with_the_answer(store):
+    """A hand-off the store missed (its call failed) is set with the answer, atomically,
+    so an attempt on any worker reads it and answers as the hand-off did."""
+    store.claim("noted", "o", 1000.0, 120, 3.0)
+    assert store.finish("noted", {"reply": "x"}, frozenset({CUSTOM_PENDING})) == {CUSTOM_PENDING}
+    assert store.get("noted").flags == {CUSTOM_PENDING}
+    assert store.finish("noted", {"reply": "again"}, frozenset({PLACEHOLDER_SENT})) is None
+    assert store.get("noted").flags == {CUSTOM_PENDING}  # the first answer's notes only
+
+
 def test_the_first_answer_stored_wins(store):
     """A job taken over from an owner that was late, not dead, is finished twice: only the
     first finisher may hand the answer over, or the user gets it twice."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -333,7 +334,8 @@ def test_a_retry_after_a_lost_claim_reply_waits_for_the_in_process_job(make_gate
 class RedisStandIn:
     """A RedisStore stand-in whose data is a LocalStore. `down`: every call is refused.
     `fail_next[method]`: that method's next call times out, "before" it runs or "after"
-    (it ran, its reply was lost); `while_lost` runs in between, as a slow timeout would."""
+    (it ran, its reply was lost); `while_lost[method]` runs before the timeout surfaces,
+    as other requests go on during a slow one."""
 
     name = "redis"
 
@@ -341,7 +343,7 @@ class RedisStandIn:
         self.jobs = LocalStore(100)
         self.down = down
         self.fail_next = dict(fail_next)
-        self.while_lost = lambda: None
+        self.while_lost: dict[str, Callable[[], None]] = {}
 
     def __getattr__(self, method):
         run = getattr(self.jobs, method)
@@ -351,10 +353,11 @@ class RedisStandIn:
                 raise redis.ConnectionError("connection refused")
             how = self.fail_next.pop(method, None)
             if how == "before":
+                self.while_lost.pop(method, lambda: None)()
                 raise redis.TimeoutError("Timeout reading from socket")
             result = run(*args, **kwargs)
             if how == "after":
-                self.while_lost()
+                self.while_lost.pop(method, lambda: None)()
                 raise redis.TimeoutError("Timeout reading from socket")
             return result
 
@@ -461,7 +464,7 @@ def test_a_hand_off_whose_reply_is_lost_as_the_job_ends_delivers_once(make_gatew
     delivery = gateway.app.extensions["celestial_nexus"].delivery
     fields = text_message("慢", openid="oOnce")
     primary = RedisStandIn(hand_off="after")
-    primary.while_lost = lambda: wait_until(
+    primary.while_lost["hand_off"] = lambda: wait_until(
         lambda: job_key(fields) not in delivery._done, 5, "the job to end while the reply is lost"
     )
     on_redis(gateway, primary)
@@ -587,7 +590,7 @@ def test_a_lost_hand_off_reply_after_an_outage_delivers_once(make_gateway, fake_
 
     def lose_the_hand_off_reply(primary, delivery, fields):
         primary.fail_next["hand_off"] = "after"
-        primary.while_lost = lambda: wait_until(
+        primary.while_lost["hand_off"] = lambda: wait_until(
             lambda: job_key(fields) not in delivery._done, 5, "the job to end meanwhile"
         )
 
@@ -635,3 +638,73 @@ def test_custom_mode_the_in_process_copy_knows_the_answer_was_pushed(make_gatewa
     assert sender.sent == [("oCopyPush", {"type": "text", "content": "答：慢"})]
     third = gateway.post(fields)  # attempt 3, WeChat's last
     assert third.data == b"success", gateway.reply_of(third)
+
+
+@pytest.mark.parametrize("second_claim", ["in_redis", "in_process"])
+def test_custom_mode_a_retry_claimed_while_the_hand_off_times_out_is_not_answered_too(
+    make_gateway, fake_ai, second_claim
+):
+    """Attempt 1's hand-off times out without running, and WeChat's retry arrives during
+    that timeout. The job pushes the answer by attempt 1's note: the retry, waiting on the
+    same job, must answer success, not the answer as well."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.4)
+    primary = RedisStandIn(hand_off="before")
+    on_redis(gateway, primary)
+    fake_ai.latency_s = 0.7
+    fields = text_message("慢", openid="oRace" + second_claim[3:])
+    second: dict = {}
+
+    def retry_meanwhile():
+        if second_claim == "in_process":
+            primary.fail_next["claim"] = "before"
+        poster = threading.Thread(target=lambda: second.update(response=gateway.post(fields)))
+        poster.start()
+        wait_until(
+            lambda: (
+                "claim" not in primary.fail_next
+                and (second_claim == "in_process" or primary.jobs.get(job_key(fields)).attempt == 2)
+            ),
+            5,
+            "the retry's claim",
+        )
+        second["poster"] = poster
+
+    primary.while_lost["hand_off"] = retry_meanwhile
+    assert gateway.post(fields).data == b"success"  # attempt 1: custom_pending, too late
+    second["poster"].join()
+    wait_for_the_job(gateway, fields)
+    assert second["response"].data == b"success"
+    assert sender.sent == [(fields["FromUserName"], {"type": "text", "content": "答：慢"})]
+
+
+def test_custom_mode_a_retry_on_another_worker_after_an_unconfirmed_hand_off(make_gateway, fake_ai):
+    """The job's finish writes its worker's unconfirmed hand-off into Redis with the
+    answer, so a retry on another worker answers success, not the answer pushed too."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.4)
+    other = make_gateway(sender=RecordingSender(), slow_reply_mode="custom", reply_budget_s=0.4)
+    primary = RedisStandIn(hand_off="before")
+    on_redis(gateway, primary)
+    on_redis(other, primary)
+    fake_ai.latency_s = 0.7
+    fields = text_message("慢", openid="oOtherWorker")
+    assert gateway.post(fields).data == b"success"  # attempt 1: its hand-off never ran
+    second = other.post(fields)  # attempt 2, on the other worker, while the job runs
+    wait_for_the_job(gateway, fields)
+    assert second.data == b"success"
+    assert len(sender.sent) == 1
+
+
+def test_custom_mode_a_retry_after_the_job_ended_honours_an_unconfirmed_hand_off(
+    make_gateway, fake_ai
+):
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.4)
+    on_redis(gateway, RedisStandIn(hand_off="before"))
+    fake_ai.latency_s = 0.6
+    fields = text_message("慢", openid="oAfterEnd")
+    assert gateway.post(fields).data == b"success"  # attempt 1: hand-off unconfirmed
+    wait_for_the_job(gateway, fields)
+    assert gateway.post(fields).data == b"success"  # the pushed answer is not sent again
+    assert len(sender.sent) == 1 and fake_ai.calls_for(job_key(fields)) == 1

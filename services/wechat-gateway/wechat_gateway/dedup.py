@@ -75,7 +75,12 @@ class JobStore(Protocol):
     def get(self, key: str) -> Job | None: ...
     def renew(self, key: str, owner: str, lease_until: float) -> bool: ...
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool: ...
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None: ...
+    def finish(
+        self, key: str, answer: dict[str, Any], notes: frozenset[str] = frozenset()
+    ) -> set[str] | None:
+        """Store the answer; its hand-off flags, `notes` (the worker's own) included, or
+        None when the job is answered already or gone."""
+
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None: ...
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None: ...
     def pop_parked(self, user: str) -> dict[str, Any] | None: ...
@@ -201,12 +206,16 @@ class LocalStore:
             state["owner"], state["lease_until"] = owner, now + lease_s
             return True
 
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
+    def finish(
+        self, key: str, answer: dict[str, Any], notes: frozenset[str] = frozenset()
+    ) -> set[str] | None:
         with self._lock:
             state = self._live(self._jobs, key)
             if state is None or state.get("answer") is not None:
                 return None
             state["answer"] = answer
+            for flag in notes:
+                state[flag] = True
             return {flag for flag in HANDOFF_FLAGS if state.get(flag)}
 
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
@@ -271,12 +280,18 @@ return reply
 """
 # Store the answer and read the hand-off flags in one atomic step (see _HAND_OFF). The
 # first answer stored wins: a job taken over from a live but late owner is finished twice,
-# and only one of them may deliver. A job whose window expired is not recreated.
+# and only one of them may deliver. A job whose window expired is not recreated. ARGV[2]
+# (",flag,...,") holds the hand-offs the job's worker made but Redis may have missed (a
+# hand-off call that failed): they are set with the answer, so every attempt reads them.
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'answer') == 1 then
   return false end
 redis.call('HSET', KEYS[1], 'answer', ARGV[1])
-return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
+for i = 1, #ARGV - 2 do
+  if string.find(ARGV[2], ',' .. ARGV[i + 2] .. ',', 1, true) then
+    redis.call('HSET', KEYS[1], ARGV[i + 2], '1') end
+end
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
 """
 # The answer when it is stored; else set the hand-off flag, so that _FINISH hands the answer
 # over. Either the attempt delivers or the late path does, never both. A job key that is
@@ -373,10 +388,16 @@ class RedisStore:
             self._take_over(keys=[self._job_key(key)], args=[owner, repr(now), repr(now + lease_s)])
         )
 
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
+    def finish(
+        self, key: str, answer: dict[str, Any], notes: frozenset[str] = frozenset()
+    ) -> set[str] | None:
         flags = self._finish(
             keys=[self._job_key(key)],
-            args=[json.dumps(answer, ensure_ascii=False), *HANDOFF_FLAGS],
+            args=[
+                json.dumps(answer, ensure_ascii=False),
+                "," + ",".join(sorted(notes)) + ",",
+                *HANDOFF_FLAGS,
+            ],
         )
         if flags is None:  # answered already, or the job's window expired
             return None
@@ -525,17 +546,19 @@ class FailoverStore:
     def take_over(self, key: str, owner: str, now: float, lease_s: float) -> bool:
         return self._job_call("take_over", key, owner, now, lease_s)
 
-    def finish(self, key: str, answer: dict[str, Any]) -> set[str] | None:
+    def finish(
+        self, key: str, answer: dict[str, Any], notes: frozenset[str] = frozenset()
+    ) -> set[str] | None:
         """The answer of a job in Redis also answers this worker's in-process copy of it, if
         a Redis outage made one: later attempts claimed there read it, and a hand-off
         made there during the outage is honoured."""
         if key.startswith(IN_PROCESS_JOB):
-            return self._job_call("finish", key, answer)
-        flags, in_process = self._served("finish", key, answer, job_key=key)
+            return self._job_call("finish", key, answer, notes)
+        flags, in_process = self._served("finish", key, answer, notes, job_key=key)
         if not in_process and self.fallback.get(key) is not None:
-            for flag in flags or ():  # the copy answers its attempts as Redis would
+            for flag in (flags or set()) | notes:  # the copy answers its attempts as Redis would
                 self.fallback.hand_off(key, flag, ttl_s=0)  # it exists: no expiry to set
-            copy_flags = self.fallback.finish(key, answer)
+            copy_flags = self.fallback.finish(key, answer, notes)
             if flags is not None and copy_flags:
                 flags = flags | copy_flags
         return flags

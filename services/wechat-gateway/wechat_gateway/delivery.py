@@ -173,7 +173,11 @@ class Delivery:
             or self._past_retries(message, arrival)
         )
         wait_s = s.reply_budget_s if last else s.retry_hold_s
-        answer = job.answer or self._wait(key, arrival + wait_s, message, request_id)
+        answer: dict[str, Any] | None = job.answer
+        if answer is None:
+            answer, late_flags = self._wait(key, arrival + wait_s, message, request_id)
+            if late_flags:  # handed off while this attempt waited: the job delivers it
+                return self._handed_off(late_flags, job.attempt)
         if answer is not None:
             return self._delivered(answer, job.attempt, not job.is_new, arrival)
         return self._late(key, job.attempt, not job.is_new, arrival, last)
@@ -299,8 +303,10 @@ class Delivery:
     # -- waiting ----------------------------------------------------------------------
     def _wait(
         self, key: str, until: float, message: dict[str, Any], request_id: str
-    ) -> dict[str, Any] | None:
-        """The job's answer once it exists, or None at `until`; takes over an orphaned job.
+    ) -> tuple[dict[str, Any] | None, frozenset[str]]:
+        """The job's answer once it exists (or None at `until`), and the hand-off flags it
+        came with: an answer a late path delivers (park, push) is not also a reply. Takes
+        over an orphaned job.
 
         A job this worker runs hands its answer over in memory; any other job is polled in
         the store, watching its lease.
@@ -309,14 +315,14 @@ class Delivery:
             local = self._done.get(key)
             if local is not None:
                 if local.wait(max(0.0, until - self.clock())):
-                    return local.answer
-                return None
+                    return local.answer, frozenset(local.delivering)
+                return None, frozenset()
             job = self.store.get(key)
             now = self.clock()
             if job is None:
-                return None
+                return None, frozenset()
             if job.answer is not None:
-                return job.answer
+                return job.answer, job.flags
             # Lease run out: its owner stopped renewing. That may be this worker too: a job
             # the store says is ours but that is not in _done runs nowhere (a Redis claim
             # whose reply timed out, its job then run in-process under another key).
@@ -324,7 +330,7 @@ class Delivery:
                 self._take_over(key, job.started_at, message, request_id)
                 continue
             if now >= until:
-                return None
+                return None, frozenset()
             self.sleep(min(until - now, _REMOTE_POLL_S))
 
     def _take_over(
@@ -390,7 +396,7 @@ class Delivery:
         hand-offs, which the store may have missed; with Redis unreachable, those alone
         (a placeholder another replica sent is then not followed by the answer)."""
         try:
-            flags = self.store.finish(key, answer)
+            flags = self.store.finish(key, answer, frozenset(done.handed_off))
         except StoreUnavailable:
             log.warning(
                 "Redis unreachable when the answer was ready; delivering it by this "
