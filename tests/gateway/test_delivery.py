@@ -708,3 +708,31 @@ def test_custom_mode_a_retry_after_the_job_ended_honours_an_unconfirmed_hand_off
     wait_for_the_job(gateway, fields)
     assert gateway.post(fields).data == b"success"  # the pushed answer is not sent again
     assert len(sender.sent) == 1 and fake_ai.calls_for(job_key(fields)) == 1
+
+
+@pytest.mark.parametrize("mode", ["custom", "retry"])
+def test_a_retry_waiting_on_a_fallback_answer_gets_the_fallback(make_gateway, fake_ai, mode):
+    """The AI failed after attempt 1 handed off: nobody pushes or parks a fallback, so the
+    retry, the attempt WeChat is listening to, must reply with it (not success, not the
+    placeholder)."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode=mode, reply_budget_s=0.4, max_attempts=1)
+    primary = RedisStandIn(hand_off="before")
+    on_redis(gateway, primary)
+    fake_ai.latency_s = 0.7
+    fake_ai.status = 500
+    fields = text_message("坏", openid="oFallback" + mode)
+    second: dict = {}
+
+    def retry_meanwhile():
+        poster = threading.Thread(target=lambda: second.update(response=gateway.post(fields)))
+        poster.start()
+        wait_until(lambda: primary.jobs.get(job_key(fields)).attempt == 2, 5, "the retry")
+        second["poster"] = poster
+
+    primary.while_lost["hand_off"] = retry_meanwhile
+    gateway.post(fields)  # attempt 1 hands off: success, or the placeholder
+    second["poster"].join()
+    wait_for_the_job(gateway, fields)
+    assert sender.sent == []
+    assert gateway.reply_of(second["response"])["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"

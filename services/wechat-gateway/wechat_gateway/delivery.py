@@ -96,6 +96,13 @@ class Outcome:
     held: bool = False
 
 
+def delivered_late(answer: dict[str, Any]) -> bool:
+    """Whether a handed-off answer goes out late (pushed or parked). A fallback does not:
+    the user's next message deserves a real attempt; nor does a reply with nothing to show.
+    Until then an attempt sends it, whatever the hand-off flags say."""
+    return has_body(answer.get("reply")) and answer.get("source") != "fallback"
+
+
 def user_key(message: dict[str, Any]) -> str:
     return f"{message['account_id']}:{message['openid']}"
 
@@ -163,7 +170,8 @@ class Delivery:
             self._start_job(message, key, self._window_s(), request_id)
 
         flags = job.flags | self._handed_off_here(message["dedup_key"], key, runs_here)
-        if flags:  # an earlier attempt handed the answer to the late path, which delivers it
+        if flags and (job.answer is None or delivered_late(job.answer)):
+            # An earlier attempt handed the answer to the late path, which delivers it.
             return self._handed_off(flags, job.attempt)
         if runs_here:
             key = message["dedup_key"]
@@ -176,7 +184,8 @@ class Delivery:
         answer: dict[str, Any] | None = job.answer
         if answer is None:
             answer, late_flags = self._wait(key, arrival + wait_s, message, request_id)
-            if late_flags:  # handed off while this attempt waited: the job delivers it
+            if late_flags and answer is not None and delivered_late(answer):
+                # Handed off while this attempt waited: the job pushes or parks it.
                 return self._handed_off(late_flags, job.attempt)
         if answer is not None:
             return self._delivered(answer, job.attempt, not job.is_new, arrival)
@@ -525,12 +534,9 @@ class Delivery:
     def _hand_over_late_answer(
         self, message: dict[str, Any], answer: dict[str, Any], flags: set[str]
     ) -> None:
-        """The answer came after the last attempt gave up: push it or park it.
-
-        A fallback is not parked: the user's next message deserves a real attempt. Nor is a
-        reply with nothing to show: the next message would be answered `success`.
-        """
-        if not flags or not has_body(answer.get("reply")) or answer.get("source") == "fallback":
+        """The answer came after the last attempt gave up: push it or park it, unless it is
+        not `delivered_late` (a fallback, or nothing to show)."""
+        if not flags or not delivered_late(answer):
             return
         if self.store.erased_since(user_key(message), answer.get("started_at", 0.0)):
             log.info(
