@@ -736,3 +736,39 @@ def test_a_retry_waiting_on_a_fallback_answer_gets_the_fallback(make_gateway, fa
     wait_for_the_job(gateway, fields)
     assert sender.sent == []
     assert gateway.reply_of(second["response"])["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"
+
+
+def test_custom_mode_a_retry_after_a_recorded_hand_off_still_gets_a_fallback(make_gateway, fake_ai):
+    """Attempt 1's hand-off is in Redis (its success came after WeChat's cut); the retry
+    claims while the AI still runs, and the AI then fails: nobody pushes a fallback, so the
+    retry must wait for it and reply with it, not answer success at once."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.4)
+    on_redis(gateway, RedisStandIn())
+    fake_ai.latency_s = 0.7
+    fake_ai.status = 500
+    fields = text_message("坏", openid="oClaimFallback")
+    assert gateway.post(fields).data == b"success"  # attempt 1: custom_pending
+    second = gateway.post(fields)  # WeChat's retry, the job still running
+    wait_for_the_job(gateway, fields)
+    assert sender.sent == []
+    assert gateway.reply_of(second)["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"
+
+
+@pytest.mark.parametrize("mode", ["custom", "retry"])
+def test_a_lost_hand_off_reply_as_the_job_ends_in_a_fallback_sends_it(make_gateway, fake_ai, mode):
+    """The hand-off reached Redis, its reply was lost while the job ended with the fallback:
+    the late path never delivers a fallback, so this attempt must."""
+    sender = RecordingSender()
+    gateway = make_gateway(sender=sender, slow_reply_mode=mode, reply_budget_s=0.3, max_attempts=1)
+    fields = text_message("坏", openid="oLostFallback" + mode)
+    primary = RedisStandIn(hand_off="after")
+    delivery = on_redis(gateway, primary)
+    primary.while_lost["hand_off"] = lambda: wait_until(
+        lambda: job_key(fields) not in delivery._done, 5, "the job to end meanwhile"
+    )
+    fake_ai.latency_s = 0.6
+    fake_ai.status = 500
+    first = gateway.post(fields)
+    assert sender.sent == []
+    assert gateway.reply_of(first)["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"

@@ -170,7 +170,7 @@ class Delivery:
             self._start_job(message, key, self._window_s(), request_id)
 
         flags = job.flags | self._handed_off_here(message["dedup_key"], key, runs_here)
-        if flags and (job.answer is None or delivered_late(job.answer)):
+        if flags and job.answer is not None and delivered_late(job.answer):
             # An earlier attempt handed the answer to the late path, which delivers it.
             return self._handed_off(flags, job.attempt)
         if runs_here:
@@ -183,10 +183,13 @@ class Delivery:
         wait_s = s.reply_budget_s if last else s.retry_hold_s
         answer: dict[str, Any] | None = job.answer
         if answer is None:
+            # Even after a hand-off this attempt waits for the answer: one that ends as the
+            # fallback is delivered by nobody else.
             answer, late_flags = self._wait(key, arrival + wait_s, message, request_id)
-            if late_flags and answer is not None and delivered_late(answer):
-                # Handed off while this attempt waited: the job pushes or parks it.
-                return self._handed_off(late_flags, job.attempt)
+            flags |= late_flags
+            if flags and (answer is None or delivered_late(answer)):
+                # Handed off: the late path pushes or parks the answer.
+                return self._handed_off(flags, job.attempt)
         if answer is not None:
             return self._delivered(answer, job.attempt, not job.is_new, arrival)
         return self._late(key, job.attempt, not job.is_new, arrival, last)
@@ -283,7 +286,12 @@ class Delivery:
             if local is None:
                 return None, False
             answer = local.answer  # set if the job ended while Redis was being asked
-        if answer is not None and local is not None and flag in local.delivering:
+        if (
+            answer is not None
+            and local is not None
+            and flag in local.delivering
+            and delivered_late(answer)
+        ):
             # The hand-off reached Redis before the job finished, whichever store answered
             # this call (a lost reply falls back to the in-process copy): the job delivers.
             return None, True
