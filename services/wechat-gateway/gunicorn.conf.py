@@ -80,17 +80,12 @@ def post_fork(server, worker):
         graceful_exit(sig, frame)
 
     def handle_quit(sig, frame):
-        if getattr(worker, "quit_asked", False):
+        if getattr(worker, "quick_exit", False):
             return
-        worker.quit_asked = True
+        worker.quick_exit = True  # worker_exit then drains nothing: Ctrl-C waits for nothing
         quick_exit(sig, frame)
 
     worker.handle_exit, worker.handle_quit = handle_exit, handle_quit
-
-
-def worker_int(worker):
-    """SIGINT/SIGQUIT: a quick shutdown (Ctrl-C in `make run`) waits for nothing."""
-    worker.quick_exit = True
 
 
 def worker_exit(server, worker):

@@ -185,6 +185,11 @@ class LocalStore:
             state["attempts"] += 1
             return self._view(key, state, False, state["attempts"])
 
+    def holds(self, key: str) -> bool:
+        """Whether a live job of `key` is here (FailoverStore asks on every claim)."""
+        with self._lock:
+            return self._live(self._jobs, key) is not None
+
     def get(self, key: str) -> Job | None:
         with self._lock:
             state = self._live(self._jobs, key)
@@ -482,7 +487,7 @@ class FailoverStore:
                     self._down_until = 0.0
                     metrics.redis_up().set(1)
                 return result, False
-        if job_key is not None and self.fallback.get(job_key) is None:
+        if job_key is not None and not self.fallback.holds(job_key):
             raise StoreUnavailable(f"{method} of a job in Redis while Redis is unreachable")
         return getattr(self.fallback, method)(*args, **kwargs), True
 
@@ -512,7 +517,7 @@ class FailoverStore:
         Redis has never heard of it, so its answer would be refused there (no such job),
         a retry would ask the AI again, and the late path would never deliver it.
         """
-        if self.fallback.get(key) is not None:
+        if self.fallback.holds(key):
             job = self.fallback.claim(key, owner, now, window_s, lease_s, parked_user=parked_user)
             in_process = True
         else:
@@ -528,14 +533,15 @@ class FailoverStore:
             return getattr(self.fallback, method)(key[len(IN_PROCESS_JOB) :], *args)
         return self._call(method, key, *args)
 
-    def _decisive_job_call(self, method: str, key: str, *args: Any) -> Any:
-        """finish and hand_off decide who delivers an answer. For a job in Redis, the
-        in-process store stands in only if it holds a job of that message: its "no such
-        job" would read as "answered elsewhere" (an answer dropped) or as "flag set" (a
-        placeholder promising an answer nobody parks)."""
+    def _decisive_job_call(self, method: str, key: str, *args: Any) -> tuple[Any, bool]:
+        """The result of finish or hand_off, which decide who delivers an answer, and
+        whether the in-process store gave it. For a job in Redis, the in-process store
+        stands in only if it holds a job of that message: its "no such job" would read as
+        "answered elsewhere" (an answer dropped) or as "flag set" (a placeholder promising
+        an answer nobody parks)."""
         if key.startswith(IN_PROCESS_JOB):
-            return self._job_call(method, key, *args)
-        return self._served(method, key, *args, job_key=key)[0]
+            return self._job_call(method, key, *args), True
+        return self._served(method, key, *args, job_key=key)
 
     def get(self, key: str) -> Job | None:
         return self._job_call("get", key)
@@ -552,19 +558,16 @@ class FailoverStore:
         """The answer of a job in Redis also answers this worker's in-process copy of it, if
         a Redis outage made one: later attempts claimed there read it, and a hand-off
         made there during the outage is honoured."""
-        if key.startswith(IN_PROCESS_JOB):
-            return self._job_call("finish", key, answer, notes)
-        flags, in_process = self._served("finish", key, answer, notes, job_key=key)
-        if not in_process and self.fallback.get(key) is not None:
-            for flag in (flags or set()) | notes:  # the copy answers its attempts as Redis would
-                self.fallback.hand_off(key, flag, ttl_s=0)  # it exists: no expiry to set
-            copy_flags = self.fallback.finish(key, answer, notes)
+        flags, in_process = self._decisive_job_call("finish", key, answer, notes)
+        if not in_process and self.fallback.holds(key):
+            # The copy answers its attempts as Redis would: with Redis's flags too.
+            copy_flags = self.fallback.finish(key, answer, frozenset(flags or ()) | notes)
             if flags is not None and copy_flags:
                 flags = flags | copy_flags
         return flags
 
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None:
-        return self._decisive_job_call("hand_off", key, flag, ttl_s)
+        return self._decisive_job_call("hand_off", key, flag, ttl_s)[0]
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
         self._call("park", user, answer, ttl_s)

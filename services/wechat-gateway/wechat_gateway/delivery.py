@@ -161,9 +161,7 @@ class Delivery:
                     "Redis unreachable after a parked answer was taken; sending it",
                     extra={"event": "finish_unconfirmed"},
                 )
-        elif runs_here:
-            pass
-        else:
+        elif not runs_here:  # a new message: its job starts here
             if is_event and message.get("event") == "unsubscribe":
                 # Answers still in flight for this user are dropped too (_park, _push).
                 self.store.erase_user(user_key(message), arrival, s.dedup_window_s)
