@@ -8,7 +8,7 @@ COMPOSE ?= docker compose
 
 .DEFAULT_GOAL := help
 .PHONY: help venv run stack test test-compose lint rules format bench bench-compare lock \
-        up down logs ps prod-up prod-ps prod-logs prod-down certs certbot clean prod-env prod-seed-certs \
+        up down logs ps prod-up prod-ps prod-logs prod-down prod-images prod-rollback certs certbot clean prod-env prod-seed-certs \
         certbot-args check-endpoint
 
 help: ## list the targets
@@ -106,8 +106,18 @@ prod-seed-certs: prod-env certs
 	$(PROD_COMPOSE) run --rm --no-deps -v $(abspath $(CERTS_DIR)):/seed:ro --entrypoint /bin/sh certbot \
 	  -c 'test -s /certs/fullchain.pem || cp /seed/fullchain.pem /seed/privkey.pem /certs/'
 
+# Every build prod-up makes is also tagged with its commit (scripts/release.py), so that a
+# bad deploy goes back in seconds, without building: make prod-rollback TAG=<commit>.
 prod-up: prod-seed-certs ## production: compose.yaml + compose.prod.yaml, secrets from PROD_ENV_FILE
 	$(PROD_COMPOSE) up -d --build --remove-orphans
+	@$(PYTHON) scripts/release.py tag -- $(PROD_COMPOSE)
+
+prod-images: prod-env ## production: the builds kept for a rollback, newest first
+	@$(PYTHON) scripts/release.py list -- $(PROD_COMPOSE)
+
+prod-rollback: prod-env ## production: back to an earlier build without building: make prod-rollback TAG=<commit>
+	@test -n "$(TAG)" || { echo "usage: make prod-rollback TAG=<commit>   (make prod-images lists the builds kept)"; exit 2; }
+	@$(PYTHON) scripts/release.py rollback "$(TAG)" -- $(PROD_COMPOSE)
 
 prod-ps: prod-env ## production: the containers and their health
 	$(PROD_COMPOSE) ps
