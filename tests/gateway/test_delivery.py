@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -174,6 +175,23 @@ def test_custom_mode_long_late_answer_pushed_whole(make_gateway, fake_ai):
     assert gateway.post(text_message("长", openid="oLongLate")).data == b"success"
     assert sender.called.wait(5)
     assert sender.sent == [("oLongLate", {"type": "text", "content": long_text})]
+
+
+def test_retry_mode_cuts_a_reply_longer_than_a_bubble_and_parks_nothing(gateway, fake_ai, caplog):
+    """The AI API was asked for parts (it keeps the rest for 继续): a longer reply breaks the
+    contract. Its tail used to be parked, and it then answered the user's next question,
+    which never reached the AI."""
+    long_text = "这是一个很长的回答。" * 300  # 9000 bytes
+    fake_ai.reply_for = lambda message: {"type": "text", "content": long_text}
+    with caplog.at_level(logging.WARNING):
+        first = gateway.reply_of(gateway.post(text_message("长", openid="oTooLong")))["Content"]
+    assert first == split_utf8(long_text, PART_BYTES)[0]
+    assert [r.bytes for r in caplog.records if r.event == "reply_cut"] == [9000]
+
+    fake_ai.reply_for = lambda message: {"type": "text", "content": "今天晴。"}
+    next_answer = gateway.post(text_message("天气怎么样", openid="oTooLong"))
+    assert gateway.reply_of(next_answer)["Content"] == "今天晴。"
+    assert fake_ai.received[-1]["content"] == "天气怎么样"
 
 
 def test_retry_mode_asks_for_parts(gateway, fake_ai):

@@ -509,13 +509,29 @@ class Delivery:
         return {"reply": reply, "source": "ai"}
 
     def _split_off_rest(self, answer: dict[str, Any]) -> str:
-        """Custom mode asks for whole answers: keep one bubble in the reply, return the rest."""
+        """A text reply longer than one bubble keeps its first bubble; the rest to push.
+
+        Custom mode asks for whole answers (X-Reply-Parts: all): the rest goes out as
+        customer-service messages. The other modes ask for parts, and the AI API keeps the
+        rest for the user's 继续 itself: a longer reply breaks that contract and is cut,
+        with a warning. Parking its tail instead would answer the user's next question
+        with it, and that question would never reach the AI.
+        """
         reply = answer.get("reply") or {}
         content = reply.get("content") or ""
-        if reply.get("type") != "text" or len(content.encode("utf-8")) <= PART_BYTES:
+        size = len(content.encode("utf-8"))
+        if reply.get("type") != "text" or size <= PART_BYTES:
             return ""
         first, *others = split_utf8(content, PART_BYTES)
         answer["reply"] = {**reply, "content": first}
+        if self.settings.slow_reply_mode != "custom":
+            log.warning(
+                "AI API reply of %d bytes is longer than one WeChat text bubble; cut to %d",
+                size,
+                len(first.encode("utf-8")),
+                extra={"event": "reply_cut", "bytes": size},
+            )
+            return ""
         answer["rest"] = "".join(others)
         return answer["rest"]
 
