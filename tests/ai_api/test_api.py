@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from celestial_nexus.chat_text import utf8_len
 from celestial_nexus.config import Settings
@@ -39,6 +40,7 @@ def test_metrics_exposes_the_agreed_names(make_client, base_settings):
     for name in METRIC_NAMES:
         assert f"# TYPE {name} " in text, name
     assert "ai_redis_up" not in text  # only exported when REDIS_URL is set
+    assert client.get("/metrics").headers["content-type"] == CONTENT_TYPE_LATEST
     assert metric(client, "ai_kb_passages") >= 30
 
 

@@ -248,6 +248,14 @@ def test_health_degraded_when_ai_api_is_down(make_gateway):
     assert response.get_json()["components"]["ai_api"] == "down"
 
 
+def test_metrics_content_type_is_prometheus_text_once(gateway):
+    """Flask's `mimetype=` appended a second `charset`: Prometheus 3 refuses to parse a
+    media type with a repeated parameter and fails the scrape."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    assert gateway.client.get("/metrics").headers["Content-Type"] == CONTENT_TYPE_LATEST
+
+
 def test_metrics_exposes_the_gateway_metrics(gateway):
     gateway.post(text_message("m"))
     text = gateway.client.get("/metrics").data.decode()

@@ -40,7 +40,7 @@ def health() -> Response:
 
 @bp.get("/metrics")
 def metrics_endpoint() -> Response:
-    return Response(render_metrics(), status=200, mimetype=CONTENT_TYPE_LATEST)
+    return Response(render_metrics(), status=200, content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/_debug_signature")
