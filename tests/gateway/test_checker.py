@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import ssl
+import threading
+from urllib.parse import parse_qs, urlparse
+
+import certifi
 import pytest
 
-from tests.support.processes import start_gateway
+from tests.support.processes import make_self_signed_cert, start_gateway
 from tests.support.wechat import Account
 from wechat_gateway import checker
 
@@ -77,3 +83,46 @@ def test_checker_reports_a_wrong_token(gateway_url, capsys):
 def test_checker_reports_no_listener(capsys):
     assert checker.main(["http://127.0.0.1:9/wechat", "--token", "abc"]) == 1
     assert "request failed" in capsys.readouterr().out
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    """WeChat's URL check answered without checking the signature: the TLS is under test."""
+
+    def do_GET(self) -> None:
+        echostr = parse_qs(urlparse(self.path).query)["echostr"][0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(echostr)))
+        self.end_headers()
+        self.wfile.write(echostr)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def self_signed_https_url(tmp_path):
+    cert = make_self_signed_cert(tmp_path / "certs")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, cert.parent / "privkey.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/wechat"
+    server.shutdown()
+    server.server_close()
+
+
+def test_insecure_accepts_a_self_signed_certificate_despite_a_ca_bundle_in_the_env(
+    self_signed_https_url, monkeypatch
+):
+    """requests swapped the session's verify=False for REQUESTS_CA_BUNDLE (psf/requests#3829),
+    so `make check-endpoint … ARGS=--insecure` failed against `make stack` on such hosts."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    insecure = checker.check_verification(
+        checker.http_session(insecure=True), self_signed_https_url, ACCOUNT.token
+    )
+    assert insecure.ok, insecure.detail
+    strict = checker.check_verification(
+        checker.http_session(insecure=False), self_signed_https_url, ACCOUNT.token
+    )
+    assert not strict.ok and "SSLError" in strict.detail

@@ -19,9 +19,11 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import requests
+import urllib3
 
 from . import crypto, messages, signature
 from .config import DEFAULT_FALLBACK_REPLY
@@ -77,6 +79,27 @@ def check_url(url: str) -> list[Check]:
             f"{parsed.scheme}://…:{port} (WeChat only calls ports 80 and 443)",
         )
     ]
+
+
+class _Session(requests.Session):
+    """A session whose `verify` holds for every request: requests otherwise replaces it with
+    REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE when either is set (psf/requests#3829), and
+    --insecure would fail on a self-signed certificate on exactly the corporate hosts that
+    set them."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("verify", self.verify)
+        return super().request(method, url, *args, **kwargs)
+
+
+def http_session(insecure: bool) -> requests.Session:
+    """The session the checks share; `insecure` accepts a self-signed certificate (asked
+    for, so without urllib3's warning on every request)."""
+    if insecure:
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    session = _Session()
+    session.verify = not insecure
+    return session
 
 
 def check_verification(session: requests.Session, url: str, token: str) -> Check:
@@ -215,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("set WECHAT_TOKEN or pass --token")
     aes_key = crypto.decode_aes_key(args.aes_key) if args.aes_key else None
     mode = args.mode or ("safe" if aes_key else "plain")
-    session = requests.Session()
-    session.verify = not args.insecure
+    session = http_session(insecure=args.insecure)
     checks = check_url(args.url)
     checks.append(check_verification(session, args.url, args.token))
     checks += check_message(
