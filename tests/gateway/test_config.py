@@ -68,6 +68,11 @@ def test_production_refuses_development_values_and_debug():
         Settings.from_env({**prod, "WECHAT_TOKEN": DEVELOPMENT_TOKEN})
     with pytest.raises(ConfigError, match="development"):
         Settings.from_env({**prod, "WECHAT_ENCODING_AES_KEY": DEVELOPMENT_AES_KEY})
+    # Left in an accept list by a rotation, a published value verifies forged callbacks too.
+    with pytest.raises(ConfigError, match="WECHAT_ACCEPT_TOKENS"):
+        Settings.from_env({**prod, "WECHAT_ACCEPT_TOKENS": f"older1,{DEVELOPMENT_TOKEN}"})
+    with pytest.raises(ConfigError, match="WECHAT_ACCEPT_AES_KEYS"):
+        Settings.from_env({**prod, "WECHAT_ACCEPT_AES_KEYS": DEVELOPMENT_AES_KEY})
     with pytest.raises(ConfigError, match="STRICT_WECHAT_VERIFY"):
         Settings.from_env({**prod, "STRICT_WECHAT_VERIFY": "0"})
     with pytest.raises(ConfigError, match="WECHAT_DEBUG_ENDPOINTS"):

@@ -157,20 +157,21 @@ class _SettingsReader:
 
     def tokens(self) -> tuple[str, ...]:
         current = self.required("WECHAT_TOKEN")
-        others = [t.strip() for t in (self.raw("WECHAT_ACCEPT_TOKENS") or "").split(",")]
+        others = self._listed("WECHAT_ACCEPT_TOKENS")
         tokens = tuple(dict.fromkeys([current, *[t for t in others if t]]))
         for position, token in enumerate(tokens):
             if not _TOKEN_PATTERN.match(token):
                 name = "WECHAT_TOKEN" if position == 0 else "WECHAT_ACCEPT_TOKENS"
                 raise ConfigError(
-                    f"{name} holds a token of {len(token)} characters: use 3-32 letters or "
-                    "digits, as the WeChat console asks, without spaces or commas"
+                    f"{name} holds a token of {len(token)} characters: the WeChat console "
+                    "takes 3-32 letters or digits (3-64 characters without spaces or commas "
+                    "are accepted here)"
                 )
         return tokens
 
     def aes_keys(self) -> tuple[bytes, ...]:
         current = self.raw("WECHAT_ENCODING_AES_KEY")
-        previous = [k.strip() for k in (self.raw("WECHAT_ACCEPT_AES_KEYS") or "").split(",")]
+        previous = self._listed("WECHAT_ACCEPT_AES_KEYS")
         if current is None:
             if any(previous):
                 raise ConfigError(
@@ -236,9 +237,14 @@ class _SettingsReader:
         return value
 
     def uses_development_values(self) -> bool:
-        return self.raw("WECHAT_TOKEN") == DEVELOPMENT_TOKEN or (
-            self.raw("WECHAT_ENCODING_AES_KEY") == DEVELOPMENT_AES_KEY
-        )
+        """Whether a published .env.example token or AES key is accepted, current or kept
+        for rotation: one left in WECHAT_ACCEPT_TOKENS verifies a forged callback as well."""
+        tokens = [self.raw("WECHAT_TOKEN"), *self._listed("WECHAT_ACCEPT_TOKENS")]
+        keys = [self.raw("WECHAT_ENCODING_AES_KEY"), *self._listed("WECHAT_ACCEPT_AES_KEYS")]
+        return DEVELOPMENT_TOKEN in tokens or DEVELOPMENT_AES_KEY in keys
+
+    def _listed(self, name: str) -> list[str]:
+        return [item.strip() for item in (self.raw(name) or "").split(",")]
 
 
 def redacted_url(url: str) -> str:
@@ -285,8 +291,9 @@ def _check_consistency(settings: Settings) -> None:
     if settings.deploy_env == "production":
         if settings.uses_development_defaults:
             raise ConfigError(
-                "DEPLOY_ENV=production refuses the development WECHAT_TOKEN / "
-                "WECHAT_ENCODING_AES_KEY from .env.example: set the values of your account"
+                "DEPLOY_ENV=production refuses the development token or AES key from "
+                ".env.example in WECHAT_TOKEN / WECHAT_ENCODING_AES_KEY or in "
+                "WECHAT_ACCEPT_TOKENS / WECHAT_ACCEPT_AES_KEYS: set the values of your account"
             )
         if not settings.strict_verify:
             raise ConfigError("DEPLOY_ENV=production requires STRICT_WECHAT_VERIFY=1")
