@@ -33,6 +33,16 @@ def test_health_reports_kb_llm_and_redis(make_client, base_settings):
     assert body["redis"] == "disabled"
 
 
+def test_llm_panels_read_zero_before_any_llm_failure(make_client, base_settings):
+    """No LLM configured and no question asked: the LLM error and fallback series exist (at
+    0 in a fresh process), so the dashboard's panels show 0 instead of no data."""
+    text = make_client(base_settings).get("/metrics").text
+    for reason in ("timeout", "http_error", "malformed", "refusal", "connection"):
+        assert f'ai_llm_errors_total{{reason="{reason}"}} ' in text
+        assert f'ai_llm_fallbacks_total{{reason="{reason}"}} ' in text
+    assert 'ai_llm_fallbacks_total{reason="deadline"} ' in text
+
+
 def test_metrics_exposes_the_agreed_names(make_client, base_settings):
     client = make_client(base_settings)
     client.post("/v1/reply", json=text_message("帮助"))

@@ -17,7 +17,7 @@ from . import metrics
 from .answerer import KNOWN_TYPES, Answerer
 from .config import ConfigError, Settings, url_for_logs
 from .kb import KnowledgeFileError, LiveKnowledgeBase
-from .llm import LLMClient, LLMConfig
+from .llm import ERROR_REASONS, LLMClient, LLMConfig
 from .logs import configure_logging
 from .replies import load_replies
 from .schemas import NormalizedMessage, ReplyEnvelope
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.kb_dir.is_dir():
         raise ConfigError(f"Config 'KB_DIR' is {str(settings.kb_dir)!r}, which is not a folder.")
     texts = load_replies(settings.replies_file)
+    metrics.create_known_series(ERROR_REASONS)
 
     def on_reload(result: str, passages: int) -> None:
         metrics.KB_RELOADS.labels(result).inc()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -83,6 +84,16 @@ REDIS_UP = Gauge(
     multiprocess_mode="livemin",
     registry=None,  # registered by expose_redis_up() only when Redis is configured
 )
+
+
+def create_known_series(llm_error_reasons: Iterable[str]) -> None:
+    """Touch the series of failures, so that the dashboard's panels show 0 rather than no
+    data before the first LLM failure (or with no LLM at all) or knowledge-base error."""
+    for reason in llm_error_reasons:
+        LLM_ERRORS.labels(reason)
+        LLM_FALLBACKS.labels(reason)
+    LLM_FALLBACKS.labels("deadline")
+    KB_RELOADS.labels("error")
 
 
 def expose_redis_up() -> None:
