@@ -21,7 +21,11 @@ _multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _multiproc_dir
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '9090')}"
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+# Without Redis each worker dedups in its own memory: a retry that reaches another worker
+# asks the AI again, and an answer parked in one worker is not found by the user's next
+# message in the other. One gevent worker serves hundreds of held requests; two need Redis.
+_shared_store = bool(os.environ.get("REDIS_URL"))
+workers = int(os.environ.get("GUNICORN_WORKERS") or ("2" if _shared_store else "1"))
 worker_class = "gevent"
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # A held request lives about 5.5 s; 30 s only catches a stuck worker.
@@ -50,6 +54,13 @@ def on_starting(server):
     except ConfigError as exc:
         sys.stderr.write(f"wechat-gateway: configuration error: {exc}\n")
         sys.exit(2)
+    if workers > 1 and not _shared_store:
+        server.log.warning(
+            "GUNICORN_WORKERS=%d without REDIS_URL: each worker dedups on its own, so a "
+            "WeChat retry reaching another worker asks the AI again and a parked answer can "
+            "be missed; set REDIS_URL, or use one worker",
+            workers,
+        )
     path = Path(_multiproc_dir)
     if path.exists():
         shutil.rmtree(path)

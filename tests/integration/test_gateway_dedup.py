@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -132,3 +133,30 @@ def test_a_late_answer_begun_while_redis_was_down_is_parked_once_redis_is_back(t
     finally:
         gateway.stop()
         redis_proc.stop()
+
+
+def test_without_redis_the_default_is_one_worker_so_every_retry_finds_the_job(tmp_path, fake_ai):
+    """With two workers and no Redis, a retry that reached the other worker asked the AI again
+    (and an answer parked in one worker was missed by the next message in the other)."""
+    fake_ai.latency_s = 0.5  # the copies overlap, so two workers would both accept some
+    gateway = start_gateway(
+        tmp_path, {**gateway_env(fake_ai.url, None), "GUNICORN_WORKERS": ""}, name="no-redis"
+    )
+    try:
+        sim = WeChatSimulator(gateway.extra["url"] + "/wechat", ACCOUNT)
+        fields = text_message("单进程去重")
+        attempts = send_concurrently([WeChatSimulator(sim.url, ACCOUNT) for _ in range(12)], fields)
+        assert [a.verdict for a in attempts] == ["reply"] * 12
+        assert fake_ai.calls_for(key_of(fields)) == 1
+        workers = subprocess.run(
+            ["pgrep", "-P", str(gateway.popen.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(workers) == 1
+    finally:
+        gateway.stop()
+
+
+def test_two_workers_without_redis_are_warned_about(tmp_path, fake_ai):
+    gateway = start_gateway(tmp_path, gateway_env(fake_ai.url, None), workers=2, name="warned")
+    gateway.stop()
+    assert "GUNICORN_WORKERS=2 without REDIS_URL" in gateway.log()
