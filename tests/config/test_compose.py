@@ -226,6 +226,13 @@ def test_grafana_is_provisioned_with_a_secret_password_and_no_anonymous(default:
     assert "/etc/grafana/provisioning" in targets
 
 
+def test_production_grafana_logs_only_to_stdout_on_its_read_only_root(prod: dict) -> None:
+    """Grafana's default log mode also writes files under /var/log/grafana."""
+    grafana = prod["services"]["grafana"]
+    assert grafana["read_only"] is True
+    assert grafana["environment"]["GF_LOG_MODE"] == "console"
+
+
 def test_prometheus_reads_the_repository_config(default: dict) -> None:
     [conf] = [
         v for v in default["services"]["prometheus"]["volumes"] if v["target"] == "/etc/prometheus"

@@ -15,6 +15,7 @@ from tests.support.processes import REPO_ROOT, require_binary
 SERVICES = {
     "wechat-gateway": ["gunicorn", "-c", "gunicorn.conf.py", "wechat_gateway.wsgi:app"],
     "ai-api": ["uvicorn", "celestial_nexus.api:app", "--host", "0.0.0.0", "--port", "8000"],
+    "alert-relay": ["python", "-m", "alert_relay"],
 }
 SECRET_NAMES = (
     "WECHAT_TOKEN",
@@ -143,7 +144,7 @@ def test_dockerignore_admits_exactly_what_the_image_copies(service: str) -> None
     assert not any(fnmatch.fnmatch(".env", p) for p in admitted)
 
 
-def test_both_images_share_one_python_base() -> None:
+def test_every_image_shares_one_python_base() -> None:
     bases = {_instructions(s)[0][1].split()[0] for s in SERVICES}
     assert len(bases) == 1, bases
 
