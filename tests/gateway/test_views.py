@@ -154,6 +154,16 @@ def test_tampered_ciphertext_fails_closed(gateway, fake_ai):
     assert fake_ai.received == []
 
 
+def test_a_body_with_encrypt_is_never_read_as_plaintext_without_encrypt_type(gateway, fake_ai):
+    """A compat body whose query lost encrypt_type and msg_signature was answered from its
+    plaintext fields, its ciphertext ignored."""
+    params, body = gateway.wechat.build_request(text_message("hi"), mode="compat")
+    del params["encrypt_type"], params["msg_signature"]
+    response = gateway.client.post("/wechat", query_string=params, data=body)
+    assert response.status_code == 400
+    assert fake_ai.received == []
+
+
 def test_message_for_another_appid_is_403(gateway, fake_ai):
     from wechatpy.crypto import PrpCrypto
 

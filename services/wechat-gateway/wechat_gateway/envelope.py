@@ -114,9 +114,10 @@ def open_callback(
     tolerated: list[GatewayError] = []
     _check(_timestamp_failure(timestamp, now_s, max_skew_s), strict, tolerated)
     outer = messages.parse_xml(body)
-    if query.get("encrypt_type", "").lower() == "aes" or (
-        "Encrypt" in outer and "MsgType" not in outer
-    ):
+    # A body that carries <Encrypt> is opened as encrypted whatever the query says: WeChat
+    # always adds encrypt_type=aes then, and a body whose ciphertext is ignored must not be
+    # answered from its unauthenticated plaintext fields (fail closed).
+    if query.get("encrypt_type", "").lower() == "aes" or "Encrypt" in outer:
         return _open_encrypted(query, outer, account, strict, timestamp, nonce, tolerated)
     sig = required_params(query, "signature")[0]
     index = _verify_signature(sig, account, strict, tolerated, "bad_signature", timestamp, nonce)
