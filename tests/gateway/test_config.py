@@ -38,6 +38,7 @@ def test_rotation_lists():
         ({**GOOD, "WECHAT_DEDUP_WINDOW": "10"}, "WECHAT_DEDUP_WINDOW"),
         ({**GOOD, "WECHAT_DEDUP_MAX": "many"}, "WECHAT_DEDUP_MAX"),
         ({**GOOD, "WECHAT_REPLY_BUDGET": "6"}, "WECHAT_REPLY_BUDGET"),
+        ({**GOOD, "WECHAT_RETRY_HOLD": "4"}, "WECHAT_RETRY_HOLD"),  # WeChat would see the 503
         ({**GOOD, "REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({**GOOD, "AI_API_URL": "ai-api:8000"}, "AI_API_URL"),
         ({**GOOD, "LOG_FORMAT": "xml"}, "LOG_FORMAT"),

@@ -271,6 +271,12 @@ def _check_consistency(settings: Settings) -> None:
             f"WECHAT_REPLY_BUDGET is {settings.reply_budget_s}: WeChat drops the connection "
             "at 5 s, keep it below (4.5 is the default)"
         )
+    if settings.retry_hold_s <= 5:
+        raise ConfigError(
+            f"WECHAT_RETRY_HOLD is {settings.retry_hold_s}: a held attempt must outlast "
+            "WeChat's 5 s cut, or WeChat gets its 503 and shows the user "
+            "'该公众号暂时无法提供服务'; keep it above 5 (5.5 is the default)"
+        )
     if settings.dedup_window_s < 20:
         raise ConfigError(
             f"WECHAT_DEDUP_WINDOW is {settings.dedup_window_s}: it must outlive WeChat's "
