@@ -13,9 +13,8 @@ import redis
 from tests.support.exposition import metric_sum
 from tests.support.processes import wait_until
 from tests.support.wechat import event_message, text_message
-from wechat_gateway.customer_service import PART_BYTES
 from wechat_gateway.dedup import FailoverStore, LocalStore
-from wechat_gateway.splitting import split_utf8
+from wechat_gateway.splitting import MORE_HINT, PART_BYTES, split_utf8
 
 
 class RecordingSender:
@@ -291,29 +290,75 @@ def test_a_late_answer_with_nothing_to_show_is_not_parked(make_gateway, fake_ai)
     assert again["Content"] == "答：在吗"
 
 
-def test_a_long_parked_answer_comes_back_whole_one_bubble_a_message(make_gateway, fake_ai):
-    """Parked whole, a 6000-byte answer was cut to one 2047-byte passive reply."""
-    long_answer = "第一句话很长。" * 290  # 6090 bytes of UTF-8
-    sender = RecordingSender(refuse=True)  # e.g. 45015: outside the 48-hour window
+def park_a_long_answer(make_gateway, fake_ai, long_answer: str, openid: str):
+    """A custom-mode gateway whose push of `long_answer` was refused (e.g. 48001): parked.
+    The AI then answers each new question with "答：<question>"."""
+    sender = RecordingSender(refuse=True)
     gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
     fake_ai.latency_s = 0.8
     fake_ai.reply_for = lambda message: {"type": "text", "content": long_answer}
-    fields = text_message("长", openid="oLongPark")
+    fields = text_message("长", openid=openid)
     assert gateway.post(fields).data == b"success"
     wait_for_the_job(gateway, fields)
     assert sender.called.is_set()
     fake_ai.latency_s = 0
-    parts = split_utf8(long_answer, PART_BYTES)
-    assert len(parts) == 4
+    fake_ai.reply_for = lambda message: {"type": "text", "content": f"答：{message['content']}"}
+    return gateway
+
+
+def test_a_long_parked_answer_comes_a_bubble_at_a_time_on_continue(make_gateway, fake_ai):
+    """The next message gets the first bubble with the 继续 hint; each 继续 the next one."""
+    long_answer = "第一句话很长。" * 290  # 6090 bytes of UTF-8
+    gateway = park_a_long_answer(make_gateway, fake_ai, long_answer, "oLongPark")
     before = parked_counts(gateway)
+    said = ["你好", "继续", "「继续」", "继续？", "/continue"]
     bubbles = [
-        gateway.reply_of(gateway.post(text_message(f"下一条{i}", openid="oLongPark")))["Content"]
-        for i in range(len(parts) + 1)
+        gateway.reply_of(gateway.post(text_message(text, openid="oLongPark")))["Content"]
+        for text in said
     ]
-    assert bubbles[:-1] == parts  # each message fetches the next bubble
-    assert bubbles[-1] == parts[0]  # then the user's own question is answered again
+    last = next(i for i, bubble in enumerate(bubbles) if not bubble.endswith(MORE_HINT))
+    assert last == 3  # four bubbles of at most 2000 bytes, the hint included
+    assert all(len(bubble.encode()) <= PART_BYTES for bubble in bubbles)
+    assert "".join(b.removesuffix(MORE_HINT) for b in bubbles[: last + 1]) == long_answer
+    assert bubbles[last + 1] == "答：/continue"  # nothing parked left: the AI API's 继续
     replies, timed = (a - b for a, b in zip(parked_counts(gateway), before, strict=True))
     assert (replies, timed) == (4, 1)  # four replies; the user's wait ended once
+
+
+def test_a_new_question_is_answered_and_drops_the_rest_of_a_parked_answer(make_gateway, fake_ai):
+    """Each bubble of a long parked answer used to answer one of the user's next messages,
+    whatever they asked: their questions never reached the AI."""
+    long_answer = "第一句话很长。" * 290
+    gateway = park_a_long_answer(make_gateway, fake_ai, long_answer, "oNewQuestion")
+    first = gateway.reply_of(gateway.post(text_message("你好", openid="oNewQuestion")))
+    assert first["Content"].endswith(MORE_HINT)
+    asked = [
+        gateway.reply_of(gateway.post(text_message(text, openid="oNewQuestion")))["Content"]
+        for text in ("天气怎么样", "继续")
+    ]
+    assert asked == ["答：天气怎么样", "答：继续"]
+
+
+def test_past_the_push_quota_the_rest_waits_for_continue(make_gateway, fake_ai):
+    """The customer-service messages ended with the 继续 hint: the rest is the user's on 继续,
+    and any other message is a new question."""
+    rest = "剩下的部分。" * 400  # 7200 bytes
+
+    class QuotaSender(RecordingSender):
+        def deliver(self, openid, reply):
+            super().deliver(openid, reply)
+            return {"type": "text", "content": rest, "continuation": True}
+
+    gateway = make_gateway(sender=QuotaSender(), slow_reply_mode="custom", reply_budget_s=0.3)
+    fake_ai.latency_s = 0.8
+    fields = text_message("很长的问题", openid="oQuota")
+    assert gateway.post(fields).data == b"success"
+    wait_for_the_job(gateway, fields)
+    fake_ai.latency_s = 0
+    more = gateway.reply_of(gateway.post(text_message("继续", openid="oQuota")))["Content"]
+    assert more.endswith(MORE_HINT) and rest.startswith(more.removesuffix(MORE_HINT))
+    other = gateway.reply_of(gateway.post(text_message("谢谢", openid="oQuota")))["Content"]
+    assert other == "答：谢谢"
 
 
 def parked_counts(gateway) -> tuple[float, float]:

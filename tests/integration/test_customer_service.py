@@ -100,7 +100,8 @@ def test_long_answers_go_out_as_several_messages(api, redis_client):
 
 def test_past_the_quota_the_rest_comes_back_to_be_parked(api, redis_client):
     """Five messages per 48 h: four parts and a 继续 hint go out, the rest is returned
-    (the gateway parks it, and the user's 继续 fetches it) instead of being dropped."""
+    marked as a continuation (the gateway parks it for the user's 继续) instead of being
+    dropped."""
     text = "这是一段更长的回答。" * 500  # 15000 bytes: 8 parts
     parts = split_utf8(text, PART_BYTES)
     unsent = sender(provider(api, redis_client)).deliver(
@@ -108,7 +109,7 @@ def test_past_the_quota_the_rest_comes_back_to_be_parked(api, redis_client):
     )
     sent = api.texts_to("oQuota")
     assert sent == [*parts[:4], MORE_HINT]
-    assert unsent == {"type": "text", "content": "".join(parts[4:])}
+    assert unsent == {"type": "text", "content": "".join(parts[4:]), "continuation": True}
 
 
 @pytest.mark.parametrize("errcode", [48001, 45015, 45047])

@@ -24,7 +24,8 @@ import requests
 from . import metrics
 from .config import Settings
 from .errors import ConfigError
-from .splitting import split_utf8
+from .parked import CONTINUATION
+from .splitting import MORE_HINT, PART_BYTES, split_utf8
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ PERMANENT_ERRORS = {
 }
 REFRESH_MARGIN_S = 300
 MAX_PARTS = 5  # the quota: 5 customer-service messages per 48 h after the user's message
-MORE_HINT = "…（内容较长，回复“继续”查看后续）"
-PART_BYTES = 2000
 
 
 class WeChatApiError(Exception):
@@ -226,7 +225,7 @@ class CustomServiceSender:
 
         A long text already half sent returns only its unsent parts, so parking never
         makes the user read a part twice. Past the quota, the last message says 继续 and
-        the rest comes back to be parked: the user's next message fetches it.
+        the rest comes back marked CONTINUATION, to be parked for the user's 继续.
         """
         bodies, later = custom_messages(openid, reply), []
         if len(bodies) > MAX_PARTS:
@@ -236,7 +235,8 @@ class CustomServiceSender:
                 if index == 0 or body["msgtype"] != "text":
                     return reply
                 return _joined(bodies[index:] + later)
-        return _joined(later) if later else None
+        # The user was told to reply 继续 for the rest: only 继续 fetches it (parked.py).
+        return {**_joined(later), CONTINUATION: True} if later else None
 
     def _send_with_retries(self, body: dict[str, Any]) -> bool:
         token_retried = False

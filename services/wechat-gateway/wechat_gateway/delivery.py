@@ -31,10 +31,9 @@ from typing import Any, Protocol
 import gevent
 from gevent import monkey
 
-from . import metrics
+from . import metrics, parked
 from .ai_client import AIClient, AIError
 from .config import Settings
-from .customer_service import PART_BYTES
 from .dedup import (
     ABANDONED,
     CUSTOM_PENDING,
@@ -45,7 +44,7 @@ from .dedup import (
 )
 from .metrics import labelled
 from .replies import has_body
-from .splitting import split_utf8
+from .splitting import PART_BYTES, split_utf8
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +102,11 @@ def delivered_late(answer: dict[str, Any]) -> bool:
     return has_body(answer.get("reply")) and answer.get("source") != "fallback"
 
 
+def untimed(answer: dict[str, Any]) -> dict[str, Any]:
+    """`answer` without `started_at`: a later part of it is not timed again."""
+    return {k: v for k, v in answer.items() if k != "started_at"}
+
+
 def user_key(message: dict[str, Any]) -> str:
     return f"{message['account_id']}:{message['openid']}"
 
@@ -152,8 +156,10 @@ class Delivery:
         if not job.is_new:
             labelled(metrics.DEDUP_HITS, job.store).inc()
             log.debug("dedup hit", extra={"event": "dedup_hit", "attempt": job.attempt})
-        elif job.parked is not None:  # the user's parked answer, instead of a new AI request
-            job.answer = {**job.parked, "source": "parked"}
+        elif job.parked is not None and (
+            not parked.is_continuation(job.parked) or parked.asks_to_continue(message)
+        ):  # the user's parked answer, instead of a new AI request
+            job.answer = {**self._parked_bubble(message, job.parked), "source": "parked"}
             try:  # for this message's retries; this attempt has the answer in hand
                 self.store.finish(key, job.answer)
             except StoreUnavailable:
@@ -162,6 +168,11 @@ class Delivery:
                     extra={"event": "finish_unconfirmed"},
                 )
         elif not runs_here:  # a new message: its job starts here
+            if job.parked is not None:  # a new question, not 继续: the old rest is dropped
+                log.info(
+                    "rest of a long parked answer dropped: the user asked something else",
+                    extra={"event": "continuation_dropped"},
+                )
             if is_event and message.get("event") == "unsubscribe":
                 # Answers still in flight for this user are dropped too (_park, _push).
                 self.store.erase_user(user_key(message), arrival, s.dedup_window_s)
@@ -581,21 +592,35 @@ class Delivery:
     def _park(
         self, message: dict[str, Any], answer: dict[str, Any], continues: bool = False
     ) -> None:
-        """Park `answer` for the user's next messages: a long text as several bubbles, one
-        per message, since a passive reply shows only about 2000 bytes.
+        """Park `answer` for the user's next message: one bubble, and a longer text's rest
+        for 继续 only (parked.py), since a passive reply shows about 2000 bytes.
 
-        Only the bubble that first shows the answer keeps `started_at`: the user's wait
-        ends there, and wechat_time_to_answer_seconds must time it once, not once a bubble.
+        `continues`: the rest of an answer whose start went out already. Only the entry
+        that first shows the answer keeps `started_at`: the user's wait ends there, and
+        wechat_time_to_answer_seconds must time it once, not once a bubble.
         """
-        reply = answer["reply"]
-        bubbles = [reply]
-        if reply.get("type") == "text":
-            bubbles = [
-                {**reply, "content": part} for part in split_utf8(reply["content"], PART_BYTES)
-            ]
-        timed = {k: v for k, v in answer.items() if k != "started_at"}
-        for n, bubble in enumerate(bubbles):
-            parked = answer if n == 0 and not continues else timed
+        user, ttl_s = user_key(message), self.settings.parked_ttl_s
+        reply = dict(answer["reply"])
+        if reply.pop(parked.CONTINUATION, False):  # the push told the user to reply 继续
+            rest = reply.get("content") or ""
+            self.store.park(user, parked.continuation(untimed(answer), rest), ttl_s)
+            return
+        bubble, rest = parked.first_bubble(reply)
+        self.store.park(
+            user, {**(untimed(answer) if continues else answer), "reply": bubble}, ttl_s
+        )
+        if rest:
+            self.store.park(user, parked.continuation(untimed(answer), rest), ttl_s)
+
+    def _parked_bubble(self, message: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+        """What a parked entry answers now: one bubble; a longer rest is parked again for the
+        next 继续, after the entries already waiting."""
+        bubble, rest = parked.first_bubble(entry["reply"])
+        answer = {k: v for k, v in entry.items() if k != parked.CONTINUATION}
+        if rest:
             self.store.park(
-                user_key(message), {**parked, "reply": bubble}, self.settings.parked_ttl_s
+                user_key(message),
+                parked.continuation(untimed(answer), rest),
+                self.settings.parked_ttl_s,
             )
+        return {**answer, "reply": bubble}

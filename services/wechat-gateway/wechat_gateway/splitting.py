@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# One WeChat text bubble: a passive reply or a customer-service message shows about 2048
+# bytes; 2000 leaves room. A part that is not the last ends with MORE_HINT where the user
+# must ask for the next one.
+PART_BYTES = 2000
+MORE_HINT = "…（内容较长，回复“继续”查看后续）"
+
 # Preferred cut points, best first: paragraph, line, sentence end, clause, space.
 _BOUNDARIES = ("\n\n", "\n", "。", "！", "？", ". ", "! ", "? ", "；", "，", ", ", " ")
 
