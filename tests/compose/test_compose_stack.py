@@ -433,3 +433,26 @@ def test_production_nginx_with_certbot_volume_and_read_only_root(stack: Stack) -
     assert inspect["HostConfig"]["ReadonlyRootfs"] is True
     # The seeded certificate is the test's own: the callback verifies against it.
     stack.answer_until_replied("oProdTls", "nginx with the seeded certificate")
+
+    # A fresh host, where neither certbot nor `make prod-seed-certs` has run: the certs
+    # volume is empty, and a plain `up` must still bring nginx up (seed-certs).
+    prod("run", "--rm", "--no-deps", "--entrypoint", "/bin/sh", "certbot", "-c", "rm -f /certs/*")
+    prod("stop", "nginx", timeout_s=60)
+    up = prod("up", "-d", "--wait", "--wait-timeout", "120", "nginx", timeout_s=180, check=False)
+    if up.returncode != 0:
+        logs = prod("logs", "--no-color", "--tail", "40", "seed-certs", "nginx", check=False)
+        pytest.fail((up.stderr + logs.stdout + logs.stderr).decode(errors="replace")[-5000:])
+    subject = prod(
+        "run",
+        "--rm",
+        "--no-deps",
+        "--entrypoint",
+        "openssl",
+        "seed-certs",
+        "x509",
+        "-noout",
+        "-subject",
+        "-in",
+        "/certs/fullchain.pem",
+    )
+    assert b"CN = localhost" in subject.stdout

@@ -308,6 +308,19 @@ def test_prod_refuses_development_secrets_before_starting(prod: dict) -> None:
         assert rule["condition"] == "service_completed_successfully"
 
 
+def test_prod_nginx_starts_on_a_fresh_host_with_a_seeded_certificate(prod: dict) -> None:
+    """`docker compose -f compose.yaml -f compose.prod.yaml up -d` on a host where certbot
+    has not run yet: the certs volume is empty, and nginx would not start without a pair."""
+    seed = prod["services"]["seed-certs"]
+    assert seed["restart"] == "no"
+    assert {v["target"]: v["source"] for v in seed["volumes"]} == {"/certs": "certs"}
+    script = " ".join(seed["command"])
+    assert script.startswith("test -s /certs/fullchain.pem")  # a real pair is kept
+    assert "openssl req -x509" in script
+    rule = prod["services"]["nginx"]["depends_on"]["seed-certs"]
+    assert rule["condition"] == "service_completed_successfully"
+
+
 def test_prod_certbot_uses_the_webroot_nginx_serves(prod: dict) -> None:
     certbot = prod["services"]["certbot"]
     script = " ".join(certbot["entrypoint"])
