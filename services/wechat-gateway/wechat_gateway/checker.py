@@ -87,7 +87,7 @@ class _Session(requests.Session):
     --insecure would fail on a self-signed certificate on exactly the corporate hosts that
     set them."""
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs.setdefault("verify", self.verify)
         return super().request(method, url, *args, **kwargs)
 
