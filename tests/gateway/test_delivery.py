@@ -290,32 +290,81 @@ def test_a_late_answer_with_nothing_to_show_is_not_parked(make_gateway, fake_ai)
     assert again["Content"] == "答：在吗"
 
 
-def park_a_long_answer(make_gateway, fake_ai, long_answer: str, openid: str):
-    """A custom-mode gateway whose push of `long_answer` was refused (e.g. 48001): parked.
-    The AI then answers each new question with "答：<question>"."""
-    sender = RecordingSender(refuse=True)
-    gateway = make_gateway(sender=sender, slow_reply_mode="custom", reply_budget_s=0.3)
+def park_late_answers(gateway, fake_ai, openid: str, *answers: str) -> None:
+    """`answers` to questions asked one after the other, each late in custom mode and its
+    push refused (e.g. 48001): parked in that order. The questions are all in before the
+    first answer is parked, or it would answer the next question. The AI then answers each
+    new question with "答：<question>"."""
+    texts = iter(answers)
     fake_ai.latency_s = 0.8
-    fake_ai.reply_for = lambda message: {"type": "text", "content": long_answer}
-    fields = text_message("长", openid=openid)
-    assert gateway.post(fields).data == b"success"
-    wait_for_the_job(gateway, fields)
-    assert sender.called.is_set()
+    fake_ai.reply_for = lambda message: {"type": "text", "content": next(texts)}
+    questions = [text_message(f"问题{n}", openid=openid) for n in range(len(answers))]
+    for fields in questions:
+        assert gateway.post(fields).data == b"success"
+    for fields in questions:
+        wait_for_the_job(gateway, fields)
     fake_ai.latency_s = 0
     fake_ai.reply_for = lambda message: {"type": "text", "content": f"答：{message['content']}"}
+
+
+def park_a_long_answer(make_gateway, fake_ai, long_answer: str, openid: str, **settings):
+    gateway = make_gateway(
+        sender=RecordingSender(refuse=True),
+        slow_reply_mode="custom",
+        reply_budget_s=0.3,
+        **settings,
+    )
+    park_late_answers(gateway, fake_ai, openid, long_answer)
     return gateway
 
 
-def test_a_long_parked_answer_comes_a_bubble_at_a_time_on_continue(make_gateway, fake_ai):
+def said(gateway, openid: str, *texts: str) -> list[str]:
+    """The text each message in turn gets back."""
+    return [
+        gateway.reply_of(gateway.post(text_message(text, openid=openid)))["Content"]
+        for text in texts
+    ]
+
+
+@pytest.fixture(params=["local", "redis"])
+def parking_store(request) -> dict:
+    """Settings for the in-process store, or for a real redis-server (its Lua claim)."""
+    if request.param == "local":
+        return {}
+    return {"redis_url": request.getfixturevalue("redis_server").extra["url"]}
+
+
+def test_a_promised_answer_behind_a_long_one_comes_on_the_next_message(
+    make_gateway, fake_ai, parking_store
+):
+    """The rest of the first answer waited in the same queue: the next message dropped it
+    and went to the AI, the promised second answer came one message late and swallowed a
+    later question; 继续 could show the second answer in the middle of the first."""
+    long_answer = "".join(f"第一个回答的第{i}句。" for i in range(400))  # 11 KB
+    gateway = make_gateway(
+        sender=RecordingSender(refuse=True),
+        slow_reply_mode="custom",
+        reply_budget_s=0.3,
+        **parking_store,
+    )
+    park_late_answers(gateway, fake_ai, "oTwoLate", long_answer, "第二个回答。")
+    first, second, *more = said(gateway, "oTwoLate", "好的", "另一个问题", "继续", "继续")
+    assert second == "第二个回答。"  # promised by a placeholder: any message fetches it
+    shown = [bubble.removesuffix(MORE_HINT) for bubble in (first, *more)]
+    assert all(bubble.endswith(MORE_HINT) for bubble in (first, *more))
+    assert long_answer.startswith("".join(shown))  # in order, nothing between them
+    assert said(gateway, "oTwoLate", "谢谢") == ["答：谢谢"]  # a new question drops the rest
+    assert said(gateway, "oTwoLate", "继续") == ["答：继续"]  # the AI API's own 继续
+
+
+def test_a_long_parked_answer_comes_a_bubble_at_a_time_on_continue(
+    make_gateway, fake_ai, parking_store
+):
     """The next message gets the first bubble with the 继续 hint; each 继续 the next one."""
     long_answer = "第一句话很长。" * 290  # 6090 bytes of UTF-8
-    gateway = park_a_long_answer(make_gateway, fake_ai, long_answer, "oLongPark")
+    gateway = park_a_long_answer(make_gateway, fake_ai, long_answer, "oLongPark", **parking_store)
     before = parked_counts(gateway)
-    said = ["你好", "继续", "「继续」", "继续？", "/continue"]
-    bubbles = [
-        gateway.reply_of(gateway.post(text_message(text, openid="oLongPark")))["Content"]
-        for text in said
-    ]
+    bubbles = said(gateway, "oLongPark", "你好", "继续", "「继续」", "继续？", "/continue")
     last = next(i for i, bubble in enumerate(bubbles) if not bubble.endswith(MORE_HINT))
     assert last == 3  # four bubbles of at most 2000 bytes, the hint included
     assert all(len(bubble.encode()) <= PART_BYTES for bubble in bubbles)
@@ -325,18 +374,40 @@ def test_a_long_parked_answer_comes_a_bubble_at_a_time_on_continue(make_gateway,
     assert (replies, timed) == (4, 1)  # four replies; the user's wait ended once
 
 
-def test_a_new_question_is_answered_and_drops_the_rest_of_a_parked_answer(make_gateway, fake_ai):
+def test_a_new_question_is_answered_and_drops_the_rest_of_a_parked_answer(
+    make_gateway, fake_ai, parking_store
+):
     """Each bubble of a long parked answer used to answer one of the user's next messages,
     whatever they asked: their questions never reached the AI."""
     long_answer = "第一句话很长。" * 290
-    gateway = park_a_long_answer(make_gateway, fake_ai, long_answer, "oNewQuestion")
-    first = gateway.reply_of(gateway.post(text_message("你好", openid="oNewQuestion")))
-    assert first["Content"].endswith(MORE_HINT)
-    asked = [
-        gateway.reply_of(gateway.post(text_message(text, openid="oNewQuestion")))["Content"]
-        for text in ("天气怎么样", "继续")
-    ]
+    gateway = park_a_long_answer(
+        make_gateway, fake_ai, long_answer, "oNewQuestion", **parking_store
+    )
+    first, *asked = said(gateway, "oNewQuestion", "你好", "天气怎么样", "继续")
+    assert first.endswith(MORE_HINT)
     assert asked == ["答：天气怎么样", "答：继续"]
+
+
+def test_custom_mode_a_rest_whose_push_failed_waits_for_continue(make_gateway, fake_ai):
+    """A fast long answer: its first bubble went out passively and the push of the rest was
+    refused. The rest answered the user's next question, which never reached the AI."""
+    long_text = "".join(f"第{i}句话。" for i in range(500))  # 6 KB
+    fake_ai.reply_for = lambda message: {
+        "type": "text",
+        "content": long_text if message["content"] == "长" else f"答：{message['content']}",
+    }
+    gateway = make_gateway(sender=RecordingSender(refuse=True), slow_reply_mode="custom")
+    fields = text_message("长", openid="oRestRefused")
+    passive = gateway.reply_of(gateway.post(fields))["Content"]
+    wait_for_the_job(gateway, fields)
+    assert long_text.startswith(passive) and len(passive.encode()) <= PART_BYTES
+    assert said(gateway, "oRestRefused", "天气怎么样", "继续") == ["答：天气怎么样", "答：继续"]
+
+    fields = text_message("长", openid="oRestWanted")  # the rest is there for 继续
+    passive = gateway.reply_of(gateway.post(fields))["Content"]
+    wait_for_the_job(gateway, fields)
+    [more] = said(gateway, "oRestWanted", "继续")
+    assert long_text.startswith(passive + more.removesuffix(MORE_HINT))
 
 
 def test_past_the_push_quota_the_rest_waits_for_continue(make_gateway, fake_ai):
@@ -352,8 +423,16 @@ def test_past_the_push_quota_the_rest_waits_for_continue(make_gateway, fake_ai):
     gateway = make_gateway(sender=QuotaSender(), slow_reply_mode="custom", reply_budget_s=0.3)
     fake_ai.latency_s = 0.8
     fields = text_message("很长的问题", openid="oQuota")
+    timed = metric_sum(
+        gateway.client.get("/metrics").data.decode(),
+        "wechat_time_to_answer_seconds_count",
+        path="custom",
+    )
     assert gateway.post(fields).data == b"success"
     wait_for_the_job(gateway, fields)
+    # The pushed start ended the user's wait: timed once, as a custom reply.
+    after = gateway.client.get("/metrics").data.decode()
+    assert metric_sum(after, "wechat_time_to_answer_seconds_count", path="custom") == timed + 1
     fake_ai.latency_s = 0
     more = gateway.reply_of(gateway.post(text_message("继续", openid="oQuota")))["Content"]
     assert more.endswith(MORE_HINT) and rest.startswith(more.removesuffix(MORE_HINT))

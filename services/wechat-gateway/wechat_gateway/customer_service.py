@@ -201,8 +201,11 @@ def _text_body(openid: str, content: str) -> dict[str, Any]:
     return {"touser": openid, "msgtype": "text", "text": {"content": content}}
 
 
-def _joined(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "text", "content": "".join(b["text"]["content"] for b in bodies)}
+def _rest(bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """The unsent text parts of an answer whose start reached the user: marked CONTINUATION,
+    the gateway keeps them for the user's 继续, not for whatever they send next (parked.py)."""
+    content = "".join(b["text"]["content"] for b in bodies)
+    return {"type": "text", "content": content, CONTINUATION: True}
 
 
 class CustomServiceSender:
@@ -225,7 +228,7 @@ class CustomServiceSender:
 
         A long text already half sent returns only its unsent parts, so parking never
         makes the user read a part twice. Past the quota, the last message says 继续 and
-        the rest comes back marked CONTINUATION, to be parked for the user's 继续.
+        the rest comes back marked CONTINUATION (see _rest), as after a failed part.
         """
         bodies, later = custom_messages(openid, reply), []
         if len(bodies) > MAX_PARTS:
@@ -234,9 +237,8 @@ class CustomServiceSender:
             if not self._send_with_retries(body):
                 if index == 0 or body["msgtype"] != "text":
                     return reply
-                return _joined(bodies[index:] + later)
-        # The user was told to reply 继续 for the rest: only 继续 fetches it (parked.py).
-        return {**_joined(later), CONTINUATION: True} if later else None
+                return _rest(bodies[index:] + later)
+        return _rest(later) if later else None
 
     def _send_with_retries(self, body: dict[str, Any]) -> bool:
         token_retried = False

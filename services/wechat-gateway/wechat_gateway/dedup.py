@@ -57,6 +57,8 @@ class Job:
     parked: dict[str, Any] | None = None
     # The hand-off flags set so far: a late delivery (push or park) owns the answer.
     flags: frozenset[str] = frozenset()
+    # A new claim that did not ask for more dropped the rest of the user's last long answer.
+    dropped_rest: bool = False
 
 
 class JobStore(Protocol):
@@ -71,6 +73,7 @@ class JobStore(Protocol):
         window_s: int,
         lease_s: float,
         parked_user: str | None = None,
+        wants_rest: bool = False,
     ) -> Job: ...
     def get(self, key: str) -> Job | None: ...
     def renew(self, key: str, owner: str, lease_until: float) -> bool: ...
@@ -83,6 +86,9 @@ class JobStore(Protocol):
 
     def hand_off(self, key: str, flag: str, ttl_s: int) -> dict[str, Any] | None: ...
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None: ...
+    def keep_rest(self, user: str, rest: dict[str, Any], ttl_s: int) -> None:
+        """Keep the rest of the user's long answer for their 继续, replacing an older one."""
+
     def pop_parked(self, user: str) -> dict[str, Any] | None: ...
     def erase_user(self, user: str, now: float, ttl_s: int) -> None: ...
     def erased_since(self, user: str, since: float) -> bool: ...
@@ -101,6 +107,7 @@ class LocalStore:
         self._jobs: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
         self._parked: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
         self._erased: OrderedDict[str, tuple[float, float]] = OrderedDict()  # user -> when
+        self._rest: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
     def _live(self, table: OrderedDict, key: str) -> Any:
         entry = table.get(key)
@@ -167,6 +174,7 @@ class LocalStore:
         window_s: int,
         lease_s: float,
         parked_user: str | None = None,
+        wants_rest: bool = False,
     ) -> Job:
         with self._lock:
             state = self._live(self._jobs, key)
@@ -181,6 +189,11 @@ class LocalStore:
                 job = self._view(key, state, True, 1)
                 if parked_user is not None:
                     job.parked = self._pop_parked_locked(parked_user)
+                    if job.parked is None:
+                        rest = self._rest.pop(parked_user, None)
+                        live_rest = rest[1] if rest and rest[0] > self.clock() else None
+                        job.parked = live_rest if wants_rest else None
+                        job.dropped_rest = live_rest is not None and not wants_rest
                 return job
             state["attempts"] += 1
             return self._view(key, state, False, state["attempts"])
@@ -237,6 +250,10 @@ class LocalStore:
             queue = self._live(self._parked, user) or []
             self._put(self._parked, user, [*queue, answer], ttl_s)
 
+    def keep_rest(self, user: str, rest: dict[str, Any], ttl_s: int) -> None:
+        with self._lock:
+            self._put(self._rest, user, rest, ttl_s)
+
     def pop_parked(self, user: str) -> dict[str, Any] | None:
         with self._lock:
             return self._pop_parked_locked(user)
@@ -253,6 +270,7 @@ class LocalStore:
     def erase_user(self, user: str, now: float, ttl_s: int) -> None:
         with self._lock:
             self._parked.pop(user, None)
+            self._rest.pop(user, None)
             self._put(self._erased, user, now, ttl_s)
 
     def erased_since(self, user: str, since: float) -> bool:
@@ -265,22 +283,28 @@ class LocalStore:
 
 
 # One round trip for every attempt: claim with SET NX EX, count the attempt, and on a new
-# claim take the user's oldest parked answer. Returns a flat array (fewer elements to
-# parse than HGETALL: this runs on every callback): claimed, parked or "", then the
-# job's fields named in ARGV[5..] (_JOB_FIELDS), "" for a missing one.
+# claim take the user's oldest parked answer; with none parked, the rest of their last long
+# answer is taken when the message asks for more (ARGV[5] = "1", 继续) and dropped when it
+# does not (a new question). Returns a flat array (fewer elements to parse than HGETALL:
+# this runs on every callback): claimed, parked or "", rest dropped (0/1), then the job's
+# fields named in ARGV[6..] (_JOB_FIELDS), "" for a missing one.
 _JOB_FIELDS = ("attempts", "owner", "started_at", "lease_until", "answer", *HANDOFF_FLAGS)
 _CLAIM = """
 local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4])
 redis.call('HINCRBY', KEYS[2], 'attempts', 1)
-local parked = ''
+local parked, dropped = '', 0
 if claimed then
   redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'started_at', ARGV[2], 'lease_until', ARGV[3])
-  if KEYS[3] ~= '' then parked = redis.call('LPOP', KEYS[3]) or '' end
+  if KEYS[3] ~= '' then
+    parked = redis.call('LPOP', KEYS[3]) or ''
+    if parked == '' and ARGV[5] == '1' then parked = redis.call('GETDEL', KEYS[4]) or ''
+    elseif parked == '' then dropped = redis.call('DEL', KEYS[4]) end
+  end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-local job = redis.call('HMGET', KEYS[2], unpack(ARGV, 5))
-local reply = {claimed and 1 or 0, parked}
-for i = 1, #ARGV - 4 do reply[#reply + 1] = job[i] or '' end
+local job = redis.call('HMGET', KEYS[2], unpack(ARGV, 6))
+local reply = {claimed and 1 or 0, parked, dropped}
+for i = 1, #ARGV - 5 do reply[#reply + 1] = job[i] or '' end
 return reply
 """
 # Store the answer and read the hand-off flags in one atomic step (see _HAND_OFF). The
@@ -347,6 +371,9 @@ class RedisStore:
     def _erased_key(self, user: str) -> str:
         return f"{self.prefix}:erased:{user}"
 
+    def _rest_key(self, user: str) -> str:
+        return f"{self.prefix}:rest:{user}"
+
     @staticmethod
     def _view(key: str, values: list[bytes | None], is_new: bool) -> Job:
         """A Job from the values of _JOB_FIELDS (None or b"" where a field is missing)."""
@@ -371,14 +398,20 @@ class RedisStore:
         window_s: int,
         lease_s: float,
         parked_user: str | None = None,
+        wants_rest: bool = False,
     ) -> Job:
-        parked_key = self._parked_key(parked_user) if parked_user is not None else ""
-        claimed, parked, *values = self._claim(
-            keys=[self._claim_key(key), self._job_key(key), parked_key],
-            args=[owner, repr(now), repr(now + lease_s), window_s, *_JOB_FIELDS],
+        users = (
+            [self._parked_key(parked_user), self._rest_key(parked_user)]
+            if parked_user is not None
+            else ["", ""]
+        )
+        claimed, parked, dropped, *values = self._claim(
+            keys=[self._claim_key(key), self._job_key(key), *users],
+            args=[owner, repr(now), repr(now + lease_s), window_s, int(wants_rest), *_JOB_FIELDS],
         )
         job = self._view(key, values, bool(claimed))
         job.parked = json.loads(parked) if parked else None
+        job.dropped_rest = bool(dropped)
         return job
 
     def get(self, key: str) -> Job | None:
@@ -418,13 +451,16 @@ class RedisStore:
         pipe.expire(self._parked_key(user), ttl_s)
         pipe.execute()
 
+    def keep_rest(self, user: str, rest: dict[str, Any], ttl_s: int) -> None:
+        self.client.set(self._rest_key(user), json.dumps(rest, ensure_ascii=False), ex=ttl_s)
+
     def pop_parked(self, user: str) -> dict[str, Any] | None:
         raw = cast(bytes | None, self.client.lpop(self._parked_key(user)))
         return json.loads(raw) if raw else None
 
     def erase_user(self, user: str, now: float, ttl_s: int) -> None:
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self._parked_key(user))
+        pipe.delete(self._parked_key(user), self._rest_key(user))
         pipe.set(self._erased_key(user), repr(now), ex=ttl_s)
         pipe.execute()
 
@@ -509,6 +545,7 @@ class FailoverStore:
         window_s: int,
         lease_s: float,
         parked_user: str | None = None,
+        wants_rest: bool = False,
     ) -> Job:
         """The job, its `key` naming the store that holds it for the calls that follow.
 
@@ -518,11 +555,11 @@ class FailoverStore:
         a retry would ask the AI again, and the late path would never deliver it.
         """
         if self.fallback.holds(key):
-            job = self.fallback.claim(key, owner, now, window_s, lease_s, parked_user=parked_user)
+            job = self.fallback.claim(key, owner, now, window_s, lease_s, parked_user, wants_rest)
             in_process = True
         else:
             job, in_process = self._served(
-                "claim", key, owner, now, window_s, lease_s, parked_user=parked_user
+                "claim", key, owner, now, window_s, lease_s, parked_user, wants_rest
             )
         if in_process:
             job.key = IN_PROCESS_JOB + key
@@ -571,6 +608,9 @@ class FailoverStore:
 
     def park(self, user: str, answer: dict[str, Any], ttl_s: int) -> None:
         self._call("park", user, answer, ttl_s)
+
+    def keep_rest(self, user: str, rest: dict[str, Any], ttl_s: int) -> None:
+        self._call("keep_rest", user, rest, ttl_s)
 
     def pop_parked(self, user: str) -> dict[str, Any] | None:
         return self._call("pop_parked", user)

@@ -147,6 +147,7 @@ class Delivery:
             s.dedup_window_s,
             s.job_lease_s,
             parked_user=None if is_event else user_key(message),
+            wants_rest=parked.asks_to_continue(message),
         )
         key = job.key  # the store's name for the job from here on (FailoverStore.claim)
         # Redis failed mid-job: this worker runs the message's job, claimed in Redis, and this
@@ -156,9 +157,7 @@ class Delivery:
         if not job.is_new:
             labelled(metrics.DEDUP_HITS, job.store).inc()
             log.debug("dedup hit", extra={"event": "dedup_hit", "attempt": job.attempt})
-        elif job.parked is not None and (
-            not parked.is_continuation(job.parked) or parked.asks_to_continue(message)
-        ):  # the user's parked answer, instead of a new AI request
+        elif job.parked is not None:  # the user's parked answer, instead of a new AI request
             job.answer = {**self._parked_bubble(message, job.parked), "source": "parked"}
             try:  # for this message's retries; this attempt has the answer in hand
                 self.store.finish(key, job.answer)
@@ -168,7 +167,7 @@ class Delivery:
                     extra={"event": "finish_unconfirmed"},
                 )
         elif not runs_here:  # a new message: its job starts here
-            if job.parked is not None:  # a new question, not 继续: the old rest is dropped
+            if job.dropped_rest:  # a new question, not 继续: the old answer's rest is dropped
                 log.info(
                     "rest of a long parked answer dropped: the user asked something else",
                     extra={"event": "continuation_dropped"},
@@ -551,7 +550,7 @@ class Delivery:
         rest_reply = {"type": "text", "content": rest}
         unsent = self._push(message["openid"], rest_reply)
         if unsent is not None:
-            self._park(message, {**answer, "reply": unsent}, continues=True)
+            self._park(message, {**answer, "reply": {**unsent, parked.CONTINUATION: True}})
 
     def _push(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
         """The customer-service push; what it could not send, to be parked. An unexpected
@@ -582,43 +581,41 @@ class Delivery:
             reply = {**reply, "content": reply["content"] + answer["rest"]}
         if CUSTOM_PENDING in flags and self.sender is not None:
             unsent = self._push(message["openid"], reply)
-            if unsent is None:
+            if unsent is None or unsent.get(parked.CONTINUATION):  # the user has it, or a start
                 self._count_reply("custom", answer)
+            if unsent is None:
                 return
             reply = unsent
         self._park(message, {**answer, "reply": reply, "rest": ""})
         log.info("late answer parked for the user's next message", extra={"event": "parked"})
 
-    def _park(
-        self, message: dict[str, Any], answer: dict[str, Any], continues: bool = False
-    ) -> None:
-        """Park `answer` for the user's next message: one bubble, and a longer text's rest
-        for 继续 only (parked.py), since a passive reply shows about 2000 bytes.
+    def _park(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Park `answer` for the user's next message: one bubble, since a passive reply shows
+        about 2000 bytes, and a longer text's rest for their 继续 only (parked.py).
 
-        `continues`: the rest of an answer whose start went out already. Only the entry
-        that first shows the answer keeps `started_at`: the user's wait ends there, and
+        A reply marked CONTINUATION is such a rest already: part of the answer reached the
+        user (passively, or pushed before the quota or a failure). Only the entry that
+        first shows an answer keeps `started_at`: the user's wait ends there, and
         wechat_time_to_answer_seconds must time it once, not once a bubble.
         """
         user, ttl_s = user_key(message), self.settings.parked_ttl_s
         reply = dict(answer["reply"])
-        if reply.pop(parked.CONTINUATION, False):  # the push told the user to reply 继续
+        if reply.pop(parked.CONTINUATION, False):
             rest = reply.get("content") or ""
-            self.store.park(user, parked.continuation(untimed(answer), rest), ttl_s)
+            self.store.keep_rest(user, parked.continuation(untimed(answer), rest), ttl_s)
             return
         bubble, rest = parked.first_bubble(reply)
-        self.store.park(
-            user, {**(untimed(answer) if continues else answer), "reply": bubble}, ttl_s
-        )
+        self.store.park(user, {**answer, "reply": bubble}, ttl_s)
         if rest:
-            self.store.park(user, parked.continuation(untimed(answer), rest), ttl_s)
+            self.store.keep_rest(user, parked.continuation(untimed(answer), rest), ttl_s)
 
     def _parked_bubble(self, message: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-        """What a parked entry answers now: one bubble; a longer rest is parked again for the
-        next 继续, after the entries already waiting."""
+        """What a parked entry answers now: one bubble; a longer rest is kept for the next
+        继续."""
         bubble, rest = parked.first_bubble(entry["reply"])
         answer = {k: v for k, v in entry.items() if k != parked.CONTINUATION}
         if rest:
-            self.store.park(
+            self.store.keep_rest(
                 user_key(message),
                 parked.continuation(untimed(answer), rest),
                 self.settings.parked_ttl_s,

@@ -2,11 +2,11 @@
 
 A parked answer goes out as the passive reply to the user's next message, whatever that
 message says: the placeholder promised it. A text longer than one WeChat bubble parks its
-first bubble, ending with the 继续 hint, and its rest as one `continuation` entry, which
-only 继续 fetches, a bubble at a time. Any other message is a new question: it goes to the
-AI and the continuation is dropped, as the AI API drops its own parts. Before, each bubble
-of a long parked answer swallowed one of the user's next questions, which never reached
-the AI.
+first bubble, ending with the 继续 hint, and keeps its rest in one slot per user (the
+store's `keep_rest`), apart from the queue of promised answers. Once that queue is empty,
+继续 takes the rest a bubble at a time, and any other message is a new question: it goes to
+the AI and the rest is dropped, as the AI API drops its own parts. Before, each bubble of a
+long parked answer swallowed one of the user's next questions, which never reached the AI.
 """
 
 from __future__ import annotations
@@ -17,22 +17,18 @@ from typing import Any
 
 from .splitting import MORE_HINT, PART_BYTES, split_utf8
 
-CONTINUATION = "continuation"  # key of a parked entry that only 继续 fetches
+CONTINUATION = "continuation"  # marks a rest: part of its answer reached the user already
 _CONTINUE_WORDS = frozenset({"继续", "continue", "more"})  # the AI API's, "/" dropped
 _NOT_A_WORD = re.compile(r"[\W_]+")  # spaces, brackets, quotes, punctuation, "/"
 _HINT_BYTES = len(MORE_HINT.encode("utf-8"))
 
 
 def asks_to_continue(message: dict[str, Any]) -> bool:
-    """Whether a user message is 继续 as users type it: 「继续」, 继续？, /continue, ＭＯＲＥ."""
-    if message.get("type") != "text":
-        return False
-    text = unicodedata.normalize("NFKC", message.get("content") or "")
-    return _NOT_A_WORD.sub("", text).lower() in _CONTINUE_WORDS
-
-
-def is_continuation(entry: dict[str, Any]) -> bool:
-    return bool(entry.get(CONTINUATION))
+    """Whether a user message is 继续 as users type or say it: 「继续」, 继续？, /continue,
+    ＭＯＲＥ, or a voice message recognised as 继续。"""
+    said = {"text": "content", "voice": "recognition"}.get(message.get("type") or "")
+    text = unicodedata.normalize("NFKC", (message.get(said) if said else None) or "")
+    return bool(text) and _NOT_A_WORD.sub("", text).lower() in _CONTINUE_WORDS
 
 
 def first_bubble(reply: dict[str, Any]) -> tuple[dict[str, Any], str]:
