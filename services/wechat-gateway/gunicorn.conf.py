@@ -54,12 +54,12 @@ def on_starting(server):
     except ConfigError as exc:
         sys.stderr.write(f"wechat-gateway: configuration error: {exc}\n")
         sys.exit(2)
-    if workers > 1 and not _shared_store:
+    if server.cfg.workers > 1 and not _shared_store:  # --workers may override GUNICORN_WORKERS
         server.log.warning(
             "GUNICORN_WORKERS=%d without REDIS_URL: each worker dedups on its own, so a "
             "WeChat retry reaching another worker asks the AI again and a parked answer can "
             "be missed; set REDIS_URL, or use one worker",
-            workers,
+            server.cfg.workers,
         )
     path = Path(_multiproc_dir)
     if path.exists():
