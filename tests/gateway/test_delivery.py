@@ -326,6 +326,17 @@ def said(gateway, openid: str, *texts: str) -> list[str]:
     ]
 
 
+def read_through(gateway, openid: str, first_text: str) -> str:
+    """The text of a long parked answer as the user reads it: `first_text`, then 继续 until
+    a bubble comes without the 继续 hint. Every bubble fits WeChat's limit."""
+    bubbles = said(gateway, openid, first_text)
+    while bubbles[-1].endswith(MORE_HINT):
+        assert len(bubbles) < 20, "the 继续 hint never ends"
+        bubbles += said(gateway, openid, "继续")
+    assert all(len(bubble.encode()) <= PART_BYTES for bubble in bubbles)
+    return "".join(bubble.removesuffix(MORE_HINT) for bubble in bubbles)
+
+
 @pytest.fixture(params=["local", "redis"])
 def parking_store(request) -> dict:
     """Settings for the in-process store, or for a real redis-server (its Lua claim)."""
@@ -334,27 +345,33 @@ def parking_store(request) -> dict:
     return {"redis_url": request.getfixturevalue("redis_server").extra["url"]}
 
 
-def test_a_promised_answer_behind_a_long_one_comes_on_the_next_message(
+def test_two_long_promised_answers_each_shown_whole_through_continue(
     make_gateway, fake_ai, parking_store
 ):
-    """The rest of the first answer waited in the same queue: the next message dropped it
-    and went to the AI, the promised second answer came one message late and swallowed a
-    later question; 继续 could show the second answer in the middle of the first."""
-    long_answer = "".join(f"第一个回答的第{i}句。" for i in range(400))  # 11 KB
+    """Parked split at once, the rest of the first shared the queue with the second: the
+    next message dropped it, and 继续 could show the second answer in the middle of the
+    first; with one rest slot filled at parking time, the second rest overwrote the first."""
+    first_answer = "".join(f"第一个回答的第{i}句。" for i in range(300))  # 8 KB
+    second_answer = "".join(f"第二个回答的第{i}句。" for i in range(300))
     gateway = make_gateway(
         sender=RecordingSender(refuse=True),
         slow_reply_mode="custom",
         reply_budget_s=0.3,
         **parking_store,
     )
-    park_late_answers(gateway, fake_ai, "oTwoLate", long_answer, "第二个回答。")
-    first, second, *more = said(gateway, "oTwoLate", "好的", "另一个问题", "继续", "继续")
-    assert second == "第二个回答。"  # promised by a placeholder: any message fetches it
-    shown = [bubble.removesuffix(MORE_HINT) for bubble in (first, *more)]
-    assert all(bubble.endswith(MORE_HINT) for bubble in (first, *more))
-    assert long_answer.startswith("".join(shown))  # in order, nothing between them
-    assert said(gateway, "oTwoLate", "谢谢") == ["答：谢谢"]  # a new question drops the rest
-    assert said(gateway, "oTwoLate", "继续") == ["答：继续"]  # the AI API's own 继续
+    park_late_answers(gateway, fake_ai, "oTwoLate", first_answer, second_answer)
+    assert read_through(gateway, "oTwoLate", "好的") == first_answer
+    # Promised by a placeholder, the second answer comes on the next message that is not 继续.
+    assert read_through(gateway, "oTwoLate", "谢谢") == second_answer
+    assert said(gateway, "oTwoLate", "明白了", "继续") == ["答：明白了", "答：继续"]
+
+
+def test_a_promised_answer_comes_even_when_the_user_asks_for_more(
+    make_gateway, fake_ai, parking_store
+):
+    """继续 with no rest kept takes the promised answer: the placeholder said "send anything"."""
+    gateway = park_a_long_answer(make_gateway, fake_ai, "迟到的短回答。", "oMore", **parking_store)
+    assert said(gateway, "oMore", "继续", "继续") == ["迟到的短回答。", "答：继续"]
 
 
 def test_a_long_parked_answer_comes_a_bubble_at_a_time_on_continue(
@@ -388,9 +405,10 @@ def test_a_new_question_is_answered_and_drops_the_rest_of_a_parked_answer(
     assert asked == ["答：天气怎么样", "答：继续"]
 
 
-def test_custom_mode_a_rest_whose_push_failed_waits_for_continue(make_gateway, fake_ai):
-    """A fast long answer: its first bubble went out passively and the push of the rest was
-    refused. The rest answered the user's next question, which never reached the AI."""
+def test_custom_mode_the_rest_of_a_refused_push_comes_next_with_the_hint(make_gateway, fake_ai):
+    """A fast long answer: its first bubble went out passively, without a 继续 hint, and the
+    push of the rest was refused. The rest comes on the next message, told as a rest (the
+    hint), then on 继续; kept for 继续 alone it was dropped by the next message unseen."""
     long_text = "".join(f"第{i}句话。" for i in range(500))  # 6 KB
     fake_ai.reply_for = lambda message: {
         "type": "text",
@@ -400,14 +418,9 @@ def test_custom_mode_a_rest_whose_push_failed_waits_for_continue(make_gateway, f
     fields = text_message("长", openid="oRestRefused")
     passive = gateway.reply_of(gateway.post(fields))["Content"]
     wait_for_the_job(gateway, fields)
-    assert long_text.startswith(passive) and len(passive.encode()) <= PART_BYTES
-    assert said(gateway, "oRestRefused", "天气怎么样", "继续") == ["答：天气怎么样", "答：继续"]
-
-    fields = text_message("长", openid="oRestWanted")  # the rest is there for 继续
-    passive = gateway.reply_of(gateway.post(fields))["Content"]
-    wait_for_the_job(gateway, fields)
-    [more] = said(gateway, "oRestWanted", "继续")
-    assert long_text.startswith(passive + more.removesuffix(MORE_HINT))
+    assert not passive.endswith(MORE_HINT) and len(passive.encode()) <= PART_BYTES
+    assert passive + read_through(gateway, "oRestRefused", "天气怎么样") == long_text
+    assert said(gateway, "oRestRefused", "谢谢") == ["答：谢谢"]
 
 
 def test_past_the_push_quota_the_rest_waits_for_continue(make_gateway, fake_ai):
@@ -914,3 +927,27 @@ def test_a_lost_hand_off_reply_as_the_job_ends_in_a_fallback_sends_it(make_gatew
     first = gateway.post(fields)
     assert sender.sent == []
     assert gateway.reply_of(first)["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"
+
+
+def test_a_rest_kept_during_a_redis_blip_still_comes_on_continue(make_gateway, fake_ai):
+    """keep_rest timed out and fell back to this worker's store; the claims that follow run
+    on Redis again, which has no rest: 继续 went to the AI and the rest was lost."""
+    long_answer = "".join(f"第{i}句。" for i in range(700))  # 5.6 KB
+    gateway = park_a_long_answer(make_gateway, fake_ai, long_answer, "oBlip")
+    parked_before = gateway.app.extensions["celestial_nexus"].store  # in-process, no Redis
+    primary = RedisStandIn(keep_rest="before")
+    on_redis(gateway, primary)
+    user = "gh_0123456789ab:oBlip"
+    primary.jobs.park(user, parked_before.pop_parked(user), 3600)  # parked in Redis
+    assert read_through(gateway, "oBlip", "好的") == long_answer
+    assert not primary.fail_next  # the blip happened
+
+
+def test_unsubscribe_erases_what_a_redis_outage_parked_in_process(make_gateway, fake_ai):
+    gateway = make_gateway()
+    primary = RedisStandIn()
+    delivery = on_redis(gateway, primary)
+    user = "gh_0123456789ab:oGone"
+    delivery.store.fallback.park(user, {"reply": {"type": "text", "content": "旧答案"}}, 3600)
+    gateway.post(event_message("unsubscribe", openid="oGone"))
+    assert delivery.store.fallback.pop_parked(user) is None

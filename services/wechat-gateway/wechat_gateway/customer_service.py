@@ -201,11 +201,8 @@ def _text_body(openid: str, content: str) -> dict[str, Any]:
     return {"touser": openid, "msgtype": "text", "text": {"content": content}}
 
 
-def _rest(bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unsent text parts of an answer whose start reached the user: marked CONTINUATION,
-    the gateway keeps them for the user's 继续, not for whatever they send next (parked.py)."""
-    content = "".join(b["text"]["content"] for b in bodies)
-    return {"type": "text", "content": content, CONTINUATION: True}
+def _joined(bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "text", "content": "".join(b["text"]["content"] for b in bodies)}
 
 
 class CustomServiceSender:
@@ -228,7 +225,8 @@ class CustomServiceSender:
 
         A long text already half sent returns only its unsent parts, so parking never
         makes the user read a part twice. Past the quota, the last message says 继续 and
-        the rest comes back marked CONTINUATION (see _rest), as after a failed part.
+        the rest comes back marked CONTINUATION, for the user's 继续 only; a rest the user
+        was not told about comes back unmarked, to be parked for their next message.
         """
         bodies, later = custom_messages(openid, reply), []
         if len(bodies) > MAX_PARTS:
@@ -237,8 +235,9 @@ class CustomServiceSender:
             if not self._send_with_retries(body):
                 if index == 0 or body["msgtype"] != "text":
                     return reply
-                return _rest(bodies[index:] + later)
-        return _rest(later) if later else None
+                return _joined(bodies[index:] + later)  # the user was not told to ask for it
+        # The last message told the user to reply 继续: the rest is theirs on 继续 (parked.py).
+        return {**_joined(later), CONTINUATION: True} if later else None
 
     def _send_with_retries(self, body: dict[str, Any]) -> bool:
         token_retried = False

@@ -188,12 +188,7 @@ class LocalStore:
                 self._put_job(key, state, window_s)
                 job = self._view(key, state, True, 1)
                 if parked_user is not None:
-                    job.parked = self._pop_parked_locked(parked_user)
-                    if job.parked is None:
-                        rest = self._rest.pop(parked_user, None)
-                        live_rest = rest[1] if rest and rest[0] > self.clock() else None
-                        job.parked = live_rest if wants_rest else None
-                        job.dropped_rest = live_rest is not None and not wants_rest
+                    job.parked, job.dropped_rest = self._take_parked_locked(parked_user, wants_rest)
                 return job
             state["attempts"] += 1
             return self._view(key, state, False, state["attempts"])
@@ -254,6 +249,22 @@ class LocalStore:
         with self._lock:
             self._put(self._rest, user, rest, ttl_s)
 
+    def take_parked(self, user: str, wants_rest: bool) -> tuple[dict[str, Any] | None, bool]:
+        with self._lock:
+            return self._take_parked_locked(user, wants_rest)
+
+    def _take_parked_locked(
+        self, user: str, wants_rest: bool
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """What a user's new message takes (as _CLAIM does): 继续 takes the rest of the answer
+        last shown, any other message drops it; then the oldest promised answer. The entry
+        taken, and whether a rest was dropped."""
+        rest = self._live(self._rest, user)
+        self._rest.pop(user, None)
+        if wants_rest and rest is not None:
+            return rest, False
+        return self._pop_parked_locked(user), rest is not None and not wants_rest
+
     def pop_parked(self, user: str) -> dict[str, Any] | None:
         with self._lock:
             return self._pop_parked_locked(user)
@@ -283,11 +294,11 @@ class LocalStore:
 
 
 # One round trip for every attempt: claim with SET NX EX, count the attempt, and on a new
-# claim take the user's oldest parked answer; with none parked, the rest of their last long
-# answer is taken when the message asks for more (ARGV[5] = "1", 继续) and dropped when it
-# does not (a new question). Returns a flat array (fewer elements to parse than HGETALL:
-# this runs on every callback): claimed, parked or "", rest dropped (0/1), then the job's
-# fields named in ARGV[6..] (_JOB_FIELDS), "" for a missing one.
+# claim take what the user's message fetches: 继续 (ARGV[5] = "1") the rest of the answer
+# last shown, any other message drops that rest; then, with nothing taken, the oldest
+# parked (promised) answer. Returns a flat array (fewer elements to parse than HGETALL:
+# this runs on every callback): claimed, the entry taken or "", rest dropped (0/1), then
+# the job's fields named in ARGV[6..] (_JOB_FIELDS), "" for a missing one.
 _JOB_FIELDS = ("attempts", "owner", "started_at", "lease_until", "answer", *HANDOFF_FLAGS)
 _CLAIM = """
 local claimed = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[4])
@@ -296,9 +307,9 @@ local parked, dropped = '', 0
 if claimed then
   redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'started_at', ARGV[2], 'lease_until', ARGV[3])
   if KEYS[3] ~= '' then
-    parked = redis.call('LPOP', KEYS[3]) or ''
-    if parked == '' and ARGV[5] == '1' then parked = redis.call('GETDEL', KEYS[4]) or ''
-    elseif parked == '' then dropped = redis.call('DEL', KEYS[4]) end
+    if ARGV[5] == '1' then parked = redis.call('GETDEL', KEYS[4]) or ''
+    else dropped = redis.call('DEL', KEYS[4]) end
+    if parked == '' then parked = redis.call('LPOP', KEYS[3]) or '' end
   end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -563,6 +574,10 @@ class FailoverStore:
             )
         if in_process:
             job.key = IN_PROCESS_JOB + key
+        elif job.is_new and parked_user is not None and job.parked is None:
+            # What a Redis blip parked in this worker (park and keep_rest fell back here).
+            job.parked, dropped = self.fallback.take_parked(parked_user, wants_rest)
+            job.dropped_rest = job.dropped_rest or dropped
         return job
 
     def _job_call(self, method: str, key: str, *args: Any) -> Any:
@@ -616,6 +631,8 @@ class FailoverStore:
         return self._call("pop_parked", user)
 
     def erase_user(self, user: str, now: float, ttl_s: int) -> None:
+        """Erased in both stores: a Redis outage may have parked the user's answers here."""
+        self.fallback.erase_user(user, now, ttl_s)
         self._call("erase_user", user, now, ttl_s)
 
     def erased_since(self, user: str, since: float) -> bool:

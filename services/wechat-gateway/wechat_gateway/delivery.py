@@ -550,7 +550,8 @@ class Delivery:
         rest_reply = {"type": "text", "content": rest}
         unsent = self._push(message["openid"], rest_reply)
         if unsent is not None:
-            self._park(message, {**answer, "reply": {**unsent, parked.CONTINUATION: True}})
+            # The user's wait ended with the passive first part: the rest is not timed.
+            self._park(message, {**untimed(answer), "reply": unsent})
 
     def _push(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
         """The customer-service push; what it could not send, to be parked. An unexpected
@@ -587,27 +588,25 @@ class Delivery:
                 return
             reply = unsent
         self._park(message, {**answer, "reply": reply, "rest": ""})
-        log.info("late answer parked for the user's next message", extra={"event": "parked"})
 
     def _park(self, message: dict[str, Any], answer: dict[str, Any]) -> None:
-        """Park `answer` for the user's next message: one bubble, since a passive reply shows
-        about 2000 bytes, and a longer text's rest for their 继续 only (parked.py).
+        """Park `answer` for the user's next message, whatever it says (the placeholder
+        promised it), whole: `_parked_bubble` cuts a long one when it is shown.
 
-        A reply marked CONTINUATION is such a rest already: part of the answer reached the
-        user (passively, or pushed before the quota or a failure). Only the entry that
-        first shows an answer keeps `started_at`: the user's wait ends there, and
-        wechat_time_to_answer_seconds must time it once, not once a bubble.
+        A reply marked CONTINUATION is the rest of an answer the user was told to reply 继续
+        for (the customer-service push ended with the hint): it waits for 继续 only.
+        `started_at` goes with the entry that first shows an answer: the user's wait ends
+        there, and wechat_time_to_answer_seconds must time it once.
         """
         user, ttl_s = user_key(message), self.settings.parked_ttl_s
         reply = dict(answer["reply"])
         if reply.pop(parked.CONTINUATION, False):
             rest = reply.get("content") or ""
             self.store.keep_rest(user, parked.continuation(untimed(answer), rest), ttl_s)
+            log.info("rest of a pushed answer kept for 继续", extra={"event": "rest_kept"})
             return
-        bubble, rest = parked.first_bubble(reply)
-        self.store.park(user, {**answer, "reply": bubble}, ttl_s)
-        if rest:
-            self.store.keep_rest(user, parked.continuation(untimed(answer), rest), ttl_s)
+        self.store.park(user, {**answer, "reply": reply}, ttl_s)
+        log.info("late answer parked for the user's next message", extra={"event": "parked"})
 
     def _parked_bubble(self, message: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
         """What a parked entry answers now: one bubble; a longer rest is kept for the next

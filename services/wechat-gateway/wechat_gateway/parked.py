@@ -1,12 +1,12 @@
 """Parked answers longer than one bubble: the rest waits for the user's 继续, nothing else.
 
 A parked answer goes out as the passive reply to the user's next message, whatever that
-message says: the placeholder promised it. A text longer than one WeChat bubble parks its
-first bubble, ending with the 继续 hint, and keeps its rest in one slot per user (the
-store's `keep_rest`), apart from the queue of promised answers. Once that queue is empty,
-继续 takes the rest a bubble at a time, and any other message is a new question: it goes to
-the AI and the rest is dropped, as the AI API drops its own parts. Before, each bubble of a
-long parked answer swallowed one of the user's next questions, which never reached the AI.
+message says: the placeholder promised it. When it is shown, a text longer than one WeChat
+bubble shows its first bubble, ending with the 继续 hint, and its rest goes to one slot per
+user (the store's `keep_rest`), apart from the queue of promised answers. 继续 takes the
+rest a bubble at a time; any other message drops it, as the AI API drops its own parts, and
+takes the next promised answer or goes to the AI. Before, each bubble of a long parked
+answer swallowed one of the user's next questions, which never reached the AI.
 """
 
 from __future__ import annotations
@@ -41,5 +41,7 @@ def first_bubble(reply: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 def continuation(entry: dict[str, Any], rest: str) -> dict[str, Any]:
-    """The parked entry that holds `rest` of `entry`'s text for 继续."""
-    return {**entry, "reply": {"type": "text", "content": rest}, CONTINUATION: True}
+    """The entry that holds `rest` of `entry`'s text for 继续 (not the custom-mode `rest`
+    field, which would store the text twice)."""
+    kept = {k: v for k, v in entry.items() if k != "rest"}
+    return {**kept, "reply": {"type": "text", "content": rest}, CONTINUATION: True}
