@@ -176,6 +176,19 @@ def test_failover_to_the_local_store_and_back():
     assert store.name == "redis"
 
 
+def test_an_unsubscribe_during_an_outage_still_counts_once_redis_is_back():
+    """An answer in flight when the user unsubscribed while Redis was down must not be parked
+    in Redis once it is back (erased_since read Redis alone)."""
+    clock = Clock()
+    primary = DownRedis()
+    store = FailoverStore(primary, LocalStore(10), retry_after_s=2.0, clock=clock)
+    store.erase_user("gh:oGone", 1000.0, 120)  # Redis down: recorded in-process
+    primary.up = True
+    clock.now += 10
+    assert store.erased_since("gh:oGone", 999.0)
+    assert store.name == "redis"
+
+
 def test_redis_up_tells_the_truth_from_start_up():
     """Before any callback: a quiet gateway must still raise the RedisDown alert."""
     from tests.support.exposition import metric_sum

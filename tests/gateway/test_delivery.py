@@ -929,18 +929,44 @@ def test_a_lost_hand_off_reply_as_the_job_ends_in_a_fallback_sends_it(make_gatew
     assert gateway.reply_of(first)["Content"] == "抱歉，服务暂时繁忙，请稍后再试。"
 
 
-def test_a_rest_kept_during_a_redis_blip_still_comes_on_continue(make_gateway, fake_ai):
-    """keep_rest timed out and fell back to this worker's store; the claims that follow run
-    on Redis again, which has no rest: 继续 went to the AI and the rest was lost."""
-    long_answer = "".join(f"第{i}句。" for i in range(700))  # 5.6 KB
-    gateway = park_a_long_answer(make_gateway, fake_ai, long_answer, "oBlip")
-    parked_before = gateway.app.extensions["celestial_nexus"].store  # in-process, no Redis
-    primary = RedisStandIn(keep_rest="before")
+def test_a_park_whose_redis_reply_was_lost_is_shown_once(make_gateway, fake_ai):
+    """The park ran in Redis and its reply timed out, so the in-process store got a copy too.
+    Taking in-process entries on Redis claims (to recover a blip) showed the answer twice,
+    and the question asked meanwhile never reached the AI."""
+    gateway = make_gateway(
+        sender=RecordingSender(refuse=True), slow_reply_mode="custom", reply_budget_s=0.3
+    )
+    primary = RedisStandIn(park="after")
     on_redis(gateway, primary)
-    user = "gh_0123456789ab:oBlip"
-    primary.jobs.park(user, parked_before.pop_parked(user), 3600)  # parked in Redis
-    assert read_through(gateway, "oBlip", "好的") == long_answer
-    assert not primary.fail_next  # the blip happened
+    park_late_answers(gateway, fake_ai, "oLost", "迟到的答案")
+    assert not primary.fail_next  # the lost reply happened
+    assert said(gateway, "oLost", "好的", "谢谢", "再见") == ["迟到的答案", "答：谢谢", "答：再见"]
+
+
+def test_a_partial_push_ends_the_wait_as_a_custom_reply(make_gateway, fake_ai):
+    """Two of five parts went out, then the push failed: the user's wait ended with the
+    pushed start (custom), and the parked rest is not timed again when shown."""
+
+    class PartialSender(RecordingSender):
+        def deliver(self, openid, reply):
+            super().deliver(openid, reply)
+            return {"type": "text", "content": reply["content"][3000:]}  # a new dict: partial
+
+    gateway = make_gateway(sender=PartialSender(), slow_reply_mode="custom", reply_budget_s=0.3)
+
+    def counts(path: str) -> tuple[float, float]:
+        text = gateway.client.get("/metrics").data.decode()
+        return (
+            metric_sum(text, "wechat_replies_total", path=path),
+            metric_sum(text, "wechat_time_to_answer_seconds_count", path=path),
+        )
+
+    before = counts("custom"), counts("parked")
+    park_late_answers(gateway, fake_ai, "oPartial", "部分推送。" * 800)
+    said(gateway, "oPartial", "好的")
+    after = counts("custom"), counts("parked")
+    assert [a - b for a, b in zip(after[0], before[0], strict=True)] == [1, 1]
+    assert [a - b for a, b in zip(after[1], before[1], strict=True)] == [1, 0]
 
 
 def test_unsubscribe_erases_what_a_redis_outage_parked_in_process(make_gateway, fake_ai):

@@ -53,7 +53,8 @@ class Job:
     lease_until: float
     answer: dict[str, Any] | None
     store: str
-    # A new claim pops the user's oldest parked answer in the same round trip.
+    # What a new claim took in the same round trip: on 继续 the rest of the answer last
+    # shown, else the user's oldest parked answer (see _CLAIM).
     parked: dict[str, Any] | None = None
     # The hand-off flags set so far: a late delivery (push or park) owns the answer.
     flags: frozenset[str] = frozenset()
@@ -248,10 +249,6 @@ class LocalStore:
     def keep_rest(self, user: str, rest: dict[str, Any], ttl_s: int) -> None:
         with self._lock:
             self._put(self._rest, user, rest, ttl_s)
-
-    def take_parked(self, user: str, wants_rest: bool) -> tuple[dict[str, Any] | None, bool]:
-        with self._lock:
-            return self._take_parked_locked(user, wants_rest)
 
     def _take_parked_locked(
         self, user: str, wants_rest: bool
@@ -574,10 +571,6 @@ class FailoverStore:
             )
         if in_process:
             job.key = IN_PROCESS_JOB + key
-        elif job.is_new and parked_user is not None and job.parked is None:
-            # What a Redis blip parked in this worker (park and keep_rest fell back here).
-            job.parked, dropped = self.fallback.take_parked(parked_user, wants_rest)
-            job.dropped_rest = job.dropped_rest or dropped
         return job
 
     def _job_call(self, method: str, key: str, *args: Any) -> Any:
@@ -636,7 +629,10 @@ class FailoverStore:
         self._call("erase_user", user, now, ttl_s)
 
     def erased_since(self, user: str, since: float) -> bool:
-        return bool(self._call("erased_since", user, since))
+        """Either store: an unsubscribe during an outage was recorded in this worker only."""
+        return self.fallback.erased_since(user, since) or bool(
+            self._call("erased_since", user, since)
+        )
 
     def ping(self) -> bool:
         try:

@@ -551,7 +551,7 @@ class Delivery:
         unsent = self._push(message["openid"], rest_reply)
         if unsent is not None:
             # The user's wait ended with the passive first part: the rest is not timed.
-            self._park(message, {**untimed(answer), "reply": unsent})
+            self._park(message, {**untimed(answer), "reply": unsent, "rest": ""})
 
     def _push(self, openid: str, reply: dict[str, Any]) -> dict[str, Any] | None:
         """The customer-service push; what it could not send, to be parked. An unexpected
@@ -582,8 +582,9 @@ class Delivery:
             reply = {**reply, "content": reply["content"] + answer["rest"]}
         if CUSTOM_PENDING in flags and self.sender is not None:
             unsent = self._push(message["openid"], reply)
-            if unsent is None or unsent.get(parked.CONTINUATION):  # the user has it, or a start
+            if unsent is not reply:  # the user has it, or its start: their wait ended here
                 self._count_reply("custom", answer)
+                answer = untimed(answer)
             if unsent is None:
                 return
             reply = unsent
