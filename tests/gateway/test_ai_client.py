@@ -7,8 +7,10 @@ AIError reasons, which label wechat_ai_errors_total and decide the fallback repl
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -126,6 +128,30 @@ def test_nothing_listening_is_a_connection_error(client_for):
     with pytest.raises(AIError) as caught:
         client_for(f"http://127.0.0.1:{free_port()}").reply(MESSAGE, 1.0)
     assert caught.value.reason == "connection"
+
+
+def test_a_connection_never_accepted_is_a_connection_error_not_a_slow_answer(client_for):
+    """A full accept queue (an overloaded AI API): the connect times out after 1 s. It was
+    counted as a timeout, logged as "no answer within <the whole window>"."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    queued = []
+    for _ in range(8):  # fill the accept queue: nothing is ever accepted
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(listener.getsockname())
+        queued.append(sock)
+    try:
+        started = time.monotonic()
+        with pytest.raises(AIError) as caught:
+            client_for(f"http://127.0.0.1:{listener.getsockname()[1]}").reply(MESSAGE, 10.0)
+        assert caught.value.reason == "connection"
+        assert time.monotonic() - started < 5  # the connect timeout, not the 10 s window
+    finally:
+        for sock in queued:
+            sock.close()
+        listener.close()
 
 
 def test_an_untrusted_certificate_is_refused(tmp_path, client_for):

@@ -201,7 +201,7 @@ class GeventTransport:
         request = self._head(method, path, body, headers) + body
         pool = self._pool(timeout_s)
         try:
-            sock = pool.get_socket()
+            sock = self._connected(pool)
             try:
                 sock.sendall(request)
             except BaseException:
@@ -218,6 +218,15 @@ class GeventTransport:
             raise AIError("timeout", f"no answer within {timeout_s:.1f}s") from None
         except (OSError, HTTPParseError) as exc:
             raise AIError("connection", type(exc).__name__) from None
+
+    @staticmethod
+    def _connected(pool: ConnectionPool) -> Any:
+        """A pooled socket; an AI API that does not even accept the connection in time
+        (down, or its backlog full) is a connection failure, not a slow answer."""
+        try:
+            return pool.get_socket()
+        except TimeoutError:
+            raise AIError("connection", f"no connection within {_CONNECT_TIMEOUT_S:.1f}s") from None
 
 
 class Urllib3Transport:
@@ -252,7 +261,7 @@ class Urllib3Transport:
             response = self.pool.request(
                 method, self.base_url + path, body=body, headers=headers, timeout=timeout
             )
-        except urllib3.exceptions.NewConnectionError as exc:  # a TimeoutError subclass in urllib3
+        except urllib3.exceptions.ConnectTimeoutError as exc:  # refused or not accepted in time
             raise AIError("connection", type(exc).__name__) from None
         except urllib3.exceptions.TimeoutError:
             raise AIError("timeout", f"no answer within {timeout_s:.1f}s") from None
