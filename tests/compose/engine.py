@@ -267,9 +267,8 @@ class ComposeProject:
     env: dict[str, str]
     files: tuple[str, ...] = ("compose.yaml",)
 
-    def __call__(
-        self, *args: str, timeout_s: float = 300, check: bool = True
-    ) -> subprocess.CompletedProcess:
+    def argv(self) -> list[str]:
+        """The compose command of this project (files may be absolute paths)."""
         argv = [
             str(VENV_BIN / "docker-compose"),
             "--project-name",
@@ -281,8 +280,13 @@ class ComposeProject:
         ]
         for name in self.files:
             argv += ["-f", str(REPO_ROOT / name)]
+        return argv
+
+    def __call__(
+        self, *args: str, timeout_s: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess:
         return _run(
-            [*argv, *args], {**self.engine.env, **self.env}, timeout_s, check, cwd=REPO_ROOT
+            [*self.argv(), *args], {**self.engine.env, **self.env}, timeout_s, check, cwd=REPO_ROOT
         )
 
     def text(self, *args: str, timeout_s: float = 60) -> str:

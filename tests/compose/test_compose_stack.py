@@ -15,6 +15,7 @@ import re
 import secrets
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -104,13 +105,16 @@ class Stack:
         out = self.project.engine.docker("logs", container, timeout_s=30)
         return gateway_request_lines((out.stdout + out.stderr).decode(errors="replace"))
 
-    def answer_until_replied(self, openid: str, what: str) -> None:
+    def answer_until_replied(self, openid: str, what: str, verify_tls: bool = True) -> None:
         """Send callbacks (at most 20, 40 s) until one is answered: after a container is
-        replaced nginx holds the old address until run-nginx.sh reloads it (seconds)."""
+        replaced nginx holds the old address until run-nginx.sh reloads it (seconds).
+        `verify_tls=False` once nginx serves a certificate other than the test's own."""
         attempts = []
 
         def answered() -> bool:
-            attempts.append(self.simulator().post(text_message(what, openid=openid)))
+            sim = self.simulator()
+            sim.session.verify = verify_tls and str(self.cert)
+            attempts.append(sim.post(text_message(what, openid=openid)))
             return attempts[-1].verdict == "reply"
 
         wait_until(lambda: len(attempts) >= 20 or answered(), 40, what)
@@ -456,3 +460,63 @@ def test_production_nginx_with_certbot_volume_and_read_only_root(stack: Stack) -
         "/certs/fullchain.pem",
     )
     assert b"CN = localhost" in subject.stdout
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_production_rollback_brings_a_kept_build_back(stack: Stack, tmp_path: Path) -> None:
+    """`make prod-up` tags each build with its commit; a bad gateway image is then undone by
+    `make prod-rollback TAG=<commit>` without building (scripts/release.py, real engine)."""
+    no_grafana = tmp_path / "no-grafana.yaml"  # not installable here: never started
+    no_grafana.write_text("services:\n  grafana:\n    profiles: [not-here]\n")
+    prod = ComposeProject(
+        stack.project.engine,
+        stack.project.name,
+        stack.project.env,
+        ("compose.yaml", "compose.prod.yaml", str(no_grafana)),
+    )
+    env = {**os.environ, **stack.project.engine.env, **prod.env}
+
+    def release(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "scripts/release.py", *args, "--", *prod.argv()],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    tagged = release("tag")
+    assert tagged.returncode == 0, tagged.stderr
+    kept = re.search(r"images tagged (\S+):", tagged.stdout)[1]
+    gateway_image = "celestial-nexus/wechat-gateway"
+
+    def image_id(ref: str) -> str:
+        found = stack.project.engine.docker("image", "inspect", "-f", "{{.Id}}", ref)
+        return found.stdout.decode().strip()
+
+    good = image_id(f"{gateway_image}:{kept}")
+    assert good == image_id(f"{gateway_image}:compose-test")
+
+    # A bad deploy: the gateway image replaced by one that does not serve the gateway.
+    stack.project.engine.docker(
+        "tag", "celestial-nexus/alert-relay:compose-test", f"{gateway_image}:compose-test"
+    )
+    prod("up", "-d", "--no-build", "--no-deps", "wechat-gateway", timeout_s=120)
+    assert image_id(f"{gateway_image}:compose-test") != good
+
+    unknown = release("rollback", "no-such-build")
+    assert unknown.returncode == 2 and "nothing changed" in unknown.stderr
+
+    back = release("rollback", kept)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert image_id(f"{gateway_image}:compose-test") == good
+    prod(
+        "up", "-d", "--wait", "--wait-timeout", "120", "--no-deps", "wechat-gateway", timeout_s=180
+    )
+    for container in stack.containers("wechat-gateway"):
+        inspect = json.loads(stack.project.engine.docker("inspect", container).stdout)[0]
+        assert inspect["Image"] == good
+    # nginx serves seed-certs' certificate since the test before: TLS is not under test here.
+    stack.answer_until_replied("oRolledBack", "the rolled-back gateway", verify_tls=False)
