@@ -15,7 +15,6 @@ import re
 import secrets
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +42,7 @@ from tests.support.processes import (
     gateway_request_lines,
     make_self_signed_cert,
     require_binary,
+    run_script,
     unavailable,
     wait_until,
 )
@@ -477,15 +477,7 @@ def test_production_rollback_brings_a_kept_build_back(stack: Stack, tmp_path: Pa
     env = {**os.environ, **stack.project.engine.env, **prod.env}
 
     def release(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "scripts/release.py", *args, "--", *prod.argv()],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        return run_script("release.py", *args, "--", *prod.argv(), env=env, timeout_s=600)
 
     tagged = release("tag")
     assert tagged.returncode == 0, tagged.stderr

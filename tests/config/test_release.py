@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO_ROOT, require_binary
+from tests.support.processes import REPO_ROOT, require_binary, run_script
 
 GATEWAY = "celestial-nexus/wechat-gateway"
 AI_API = "celestial-nexus/ai-api"
@@ -101,15 +101,7 @@ class Host:
 
     def release(self, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"}
-        return subprocess.run(
-            [sys.executable, "scripts/release.py", *args, "--", self.compose],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_script("release.py", *args, "--", self.compose, env=env, timeout_s=60)
 
     def ups(self) -> list[str]:
         return [line for line in self.log.read_text().splitlines() if line.startswith("up ")]

@@ -270,6 +270,21 @@ def start_ai_api(
 NGINX_CONF = REPO_ROOT / "infra" / "nginx" / "conf.d" / "celestial-nexus.conf"
 
 
+def run_script(
+    name: str, *args: str, env: Mapping[str, str], timeout_s: float
+) -> subprocess.CompletedProcess:
+    """`scripts/<name>` run as an operator runs it, from the repository; output captured."""
+    return subprocess.run(
+        [sys.executable, f"scripts/{name}", *args],
+        cwd=REPO_ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 def make_self_signed_cert(directory: Path) -> Path:
     """fullchain.pem + privkey.pem for localhost and 127.0.0.1 (what `make certs` makes)."""
     openssl = require_binary("openssl", "apt-get install openssl")
