@@ -38,8 +38,9 @@ def test_a_short_text_or_a_picture_stays_whole():
     assert first_bubble(short) == (short, "") and first_bubble(image) == (image, "")
 
 
-def test_a_continuation_is_untimed_text_marked_as_such():
-    entry = continuation({"source": "ai", "reply": {"type": "news"}}, "余下")
+def test_a_continuation_holds_the_rest_as_text_without_the_custom_mode_rest_field():
+    """The custom-mode `rest` field holds the same text: kept, it would be stored twice."""
+    entry = continuation({"source": "ai", "reply": {"type": "news"}, "rest": "余下"}, "余下")
     assert entry == {
         "source": "ai",
         "reply": {"type": "text", "content": "余下"},

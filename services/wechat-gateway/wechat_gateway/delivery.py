@@ -44,7 +44,7 @@ from .dedup import (
 )
 from .metrics import labelled
 from .replies import has_body
-from .splitting import PART_BYTES, split_utf8
+from .splitting import PART_BYTES, fits_one_bubble, split_utf8
 
 log = logging.getLogger(__name__)
 
@@ -528,10 +528,10 @@ class Delivery:
         with it, and that question would never reach the AI.
         """
         reply = answer.get("reply") or {}
-        content = reply.get("content") or ""
-        size = len(content.encode("utf-8"))
-        if reply.get("type") != "text" or size <= PART_BYTES:
+        if fits_one_bubble(reply):
             return ""
+        content = reply["content"]
+        size = len(content.encode("utf-8"))
         first, *others = split_utf8(content, PART_BYTES)
         answer["reply"] = {**reply, "content": first}
         if self.settings.slow_reply_mode != "custom":

@@ -15,7 +15,7 @@ import re
 import unicodedata
 from typing import Any
 
-from .splitting import MORE_HINT, PART_BYTES, split_utf8
+from .splitting import MORE_HINT, PART_BYTES, fits_one_bubble, split_utf8
 
 CONTINUATION = "continuation"  # marks a rest: part of its answer reached the user already
 _CONTINUE_WORDS = frozenset({"继续", "continue", "more"})  # the AI API's, "/" dropped
@@ -33,9 +33,9 @@ def asks_to_continue(message: dict[str, Any]) -> bool:
 
 def first_bubble(reply: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """`reply` cut to one bubble, ending with the 继续 hint when a rest follows; the rest."""
-    content = reply.get("content") or ""
-    if reply.get("type") != "text" or len(content.encode("utf-8")) <= PART_BYTES:
+    if fits_one_bubble(reply):
         return reply, ""
+    content = reply["content"]
     head = split_utf8(content, PART_BYTES - _HINT_BYTES)[0]
     return {**reply, "content": head + MORE_HINT}, content[len(head) :]
 

@@ -8,6 +8,13 @@ from __future__ import annotations
 PART_BYTES = 2000
 MORE_HINT = "…（内容较长，回复“继续”查看后续）"
 
+
+def fits_one_bubble(reply: dict) -> bool:
+    """Whether a reply document goes out as one bubble: not text, or at most PART_BYTES."""
+    content = reply.get("content") or ""
+    return reply.get("type") != "text" or len(content.encode("utf-8")) <= PART_BYTES
+
+
 # Preferred cut points, best first: paragraph, line, sentence end, clause, space.
 _BOUNDARIES = ("\n\n", "\n", "。", "！", "？", ". ", "! ", "? ", "；", "，", ", ", " ")
 
