@@ -13,7 +13,9 @@ def test_continue_as_users_type_it(text):
     assert asks_to_continue({"type": "text", "content": text})
 
 
-@pytest.mark.parametrize("text", ["继续说说部署", "不继续", "", "帮助"])
+@pytest.mark.parametrize(
+    "text", ["继续说说部署", "不继续", "", "帮助", "继续" + "，请详细解释一下部署的每个步骤"]
+)
 def test_other_text_is_a_new_question(text):
     assert not asks_to_continue({"type": "text", "content": text})
 

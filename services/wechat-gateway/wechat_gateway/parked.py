@@ -21,14 +21,19 @@ CONTINUATION = "continuation"  # marks a rest: part of its answer reached the us
 _CONTINUE_WORDS = frozenset({"继续", "continue", "more"})  # the AI API's, "/" dropped
 _NOT_A_WORD = re.compile(r"[\W_]+")  # spaces, brackets, quotes, punctuation, "/"
 _HINT_BYTES = len(MORE_HINT.encode("utf-8"))
+# 继续 or continue with brackets, spaces and punctuation around it is never longer: a longer
+# message is a question, told apart without normalizing it (this runs on every callback).
+_LONGEST_ASK = 16
 
 
 def asks_to_continue(message: dict[str, Any]) -> bool:
     """Whether a user message is 继续 as users type or say it: 「继续」, 继续？, /continue,
     ＭＯＲＥ, or a voice message recognised as 继续。"""
     said = {"text": "content", "voice": "recognition"}.get(message.get("type") or "")
-    text = unicodedata.normalize("NFKC", (message.get(said) if said else None) or "")
-    return bool(text) and _NOT_A_WORD.sub("", text).lower() in _CONTINUE_WORDS
+    text = (message.get(said) if said else None) or ""
+    if not text or len(text) > _LONGEST_ASK:
+        return False
+    return _NOT_A_WORD.sub("", unicodedata.normalize("NFKC", text)).lower() in _CONTINUE_WORDS
 
 
 def first_bubble(reply: dict[str, Any]) -> tuple[dict[str, Any], str]:
