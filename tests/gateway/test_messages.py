@@ -6,6 +6,7 @@ import xml.etree.ElementTree as StdlibET
 
 import pytest
 
+from wechat_gateway import messages
 from wechat_gateway.errors import BadRequest, HostileXml
 from wechat_gateway.messages import dedup_key, normalize, parse_xml
 
@@ -48,6 +49,12 @@ def test_dtds_and_entities_are_refused_fast(body):
     with pytest.raises(HostileXml):
         parse_xml(body)
     assert time.monotonic() - started < 1
+
+
+def test_every_guard_defusedxml_installs_is_on_our_parser():
+    """The guards are read off defusedxml's own parser: one it stopped installing (or
+    renamed) must fail here, not leave our parser open."""
+    assert all(callable(messages._GUARDS[name]) for name in messages.GUARD_HANDLERS)
 
 
 @pytest.mark.parametrize(
