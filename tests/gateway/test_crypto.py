@@ -1,6 +1,7 @@
 """wechat_gateway.crypto, cross-checked against wechatpy and known-answer vectors."""
 
 import base64
+import concurrent.futures
 import struct
 
 import pytest
@@ -12,7 +13,7 @@ from wechat_gateway.crypto import (
     CryptoError,
     MessageCipher,
     decode_aes_key,
-    decrypt_with_keys,
+    decrypt_with_any,
     pkcs7_pad,
     pkcs7_unpad,
 )
@@ -45,6 +46,30 @@ def test_we_decrypt_what_wechatpy_encrypts(name):
     text = MESSAGES[name]
     encrypted = PrpCrypto(KEY).encrypt(text, APPID).decode()
     assert MessageCipher(KEY, APPID).decrypt(encrypted).decode() == text
+
+
+def test_one_cipher_serves_message_after_message_in_both_directions():
+    """A cipher keeps its AES state from message to message: every one must still be plain
+    AES-CBC from the IV, whatever size the messages before it had."""
+    cipher = MessageCipher(KEY, APPID)
+    for name in sorted(MESSAGES) * 3:  # a PrpCrypto serves one call: its cipher object is used up
+        text = MESSAGES[name]
+        assert PrpCrypto(KEY).decrypt(cipher.encrypt(text.encode()), APPID) == text
+        assert cipher.decrypt(PrpCrypto(KEY).encrypt(text, APPID).decode()).decode() == text
+
+
+def test_one_cipher_shared_by_threads_gives_each_message_its_own_exact_ciphertext():
+    """Threads sharing a cipher (the C call releases the GIL) must each get what a fresh
+    cipher would give: the chain is taken by one message at a time."""
+    cipher = MessageCipher(KEY, APPID)
+    texts = [(MESSAGES["2000_chars"] + str(i)).encode() for i in range(400)]
+
+    def encrypt(text: bytes) -> str:
+        return cipher.encrypt(text, random_bytes=bytes)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        encrypted = list(pool.map(encrypt, texts))
+    assert encrypted == [MessageCipher(KEY, APPID).encrypt(t, random_bytes=bytes) for t in texts]
 
 
 def test_wechatpy_rejects_our_frame_for_another_appid():
@@ -120,9 +145,10 @@ def test_wrong_appid_is_refused():
 def test_key_rotation_tries_previous_keys():
     old = decode_aes_key("Z" * 43)
     encrypted = PrpCrypto(old).encrypt("<xml>old</xml>", APPID).decode()
-    assert decrypt_with_keys([KEY, old], APPID, encrypted) == (1, b"<xml>old</xml>")
+    ciphers = [MessageCipher(KEY, APPID), MessageCipher(old, APPID)]
+    assert decrypt_with_any(ciphers, encrypted) == (1, b"<xml>old</xml>")
     with pytest.raises(CryptoError):
-        decrypt_with_keys([KEY], APPID, encrypted)
+        decrypt_with_any(ciphers[:1], encrypted)
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,13 @@ that object, so serving several Official Accounts later is a routing change.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .crypto import decode_aes_key
+from .crypto import MessageCipher, decode_aes_key
 from .errors import ConfigError
 
 SLOW_REPLY_MODES = ("retry", "custom", "off")
@@ -53,6 +54,11 @@ class AccountSettings:
     @property
     def encryption_enabled(self) -> bool:
         return bool(self.aes_keys)
+
+    @functools.cached_property
+    def ciphers(self) -> tuple[MessageCipher, ...]:
+        """One cipher per key, in `aes_keys` order, built once: each keeps its AES state."""
+        return tuple(MessageCipher(key, self.appid) for key in self.aes_keys)
 
     def __repr__(self) -> str:  # never let a secret reach a log through repr()
         return (

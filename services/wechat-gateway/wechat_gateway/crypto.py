@@ -13,8 +13,8 @@ import base64
 import binascii
 import os
 import struct
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from Crypto.Cipher import AES
 
@@ -67,28 +67,45 @@ def pkcs7_unpad(data: bytes, block_size: int = BLOCK_SIZE) -> bytes:
     return data[:-amount]
 
 
-@dataclass(frozen=True)
 class MessageCipher:
-    """Encrypts and decrypts the `Encrypt` field for one key and one AppID."""
+    """Encrypts and decrypts the `Encrypt` field for one key and one AppID.
 
-    key: bytes
-    appid: str
+    Built once per key (`AccountSettings.ciphers`): setting up an AES object costs more
+    than enciphering a reply, so each cipher keeps two for good. Both give exactly
+    AES-256-CBC with IV = key[:16], as a fresh object would (tests cross-check wechatpy):
+    - decryption runs ECB over the whole ciphertext and XORs each block with the ciphertext
+      block before it (the IV for the first): CBC decryption by definition, and stateless;
+    - encryption runs one CBC object whose chain carries on from the last block of the
+      previous message. Its first block goes in XORed with that block and the IV, so CBC's
+      own XOR leaves `first block XOR IV`, as a chain starting at the IV would. A lock keeps
+      two threads off the chain (the C call releases the GIL).
+    """
+
+    def __init__(self, key: bytes, appid: str) -> None:
+        self.appid = appid
+        self._appid = appid.encode("utf-8")
+        self._iv = key[:16]
+        self._blocks = AES.new(key, AES.MODE_ECB)
+        self._chain = AES.new(key, AES.MODE_CBC, self._iv)
+        self._chain_end = self._iv  # the ciphertext block the encryptor's chain ends on
+        self._chain_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MessageCipher(appid={self.appid!r})"
 
-    def _cipher(self):
-        return AES.new(self.key, AES.MODE_CBC, self.key[:16])
-
     def encrypt(self, message: bytes, random_bytes: Callable[[int], bytes] = os.urandom) -> str:
         """Base64 ciphertext of one framed message; `random_bytes` is injectable for KATs."""
-        frame = (
+        frame = pkcs7_pad(
             random_bytes(RANDOM_PREFIX_BYTES)
             + struct.pack(">I", len(message))
             + message
-            + self.appid.encode("utf-8")
+            + self._appid
         )
-        return base64.b64encode(self._cipher().encrypt(pkcs7_pad(frame))).decode("ascii")
+        with self._chain_lock:
+            first = _xor(frame[:16], self._chain_end, self._iv)
+            ciphertext = self._chain.encrypt(first + frame[16:])
+            self._chain_end = ciphertext[-16:]
+        return base64.b64encode(ciphertext).decode("ascii")
 
     def decrypt(self, encrypted: str) -> bytes:
         """The message inside `encrypted`; CryptoError names what failed."""
@@ -98,29 +115,36 @@ class MessageCipher:
             raise CryptoError("base64", "Encrypt is not valid base64") from None
         if not raw or len(raw) % 16:
             raise CryptoError("base64", f"ciphertext of {len(raw)} bytes is not whole AES blocks")
-        frame = pkcs7_unpad(self._cipher().decrypt(raw))
+        frame = pkcs7_unpad(_xor(self._blocks.decrypt(raw), self._iv + raw[:-16]))
         if len(frame) < RANDOM_PREFIX_BYTES + 4:
             raise CryptoError("length", "frame shorter than its header")
         (length,) = struct.unpack(">I", frame[RANDOM_PREFIX_BYTES : RANDOM_PREFIX_BYTES + 4])
         body_end = RANDOM_PREFIX_BYTES + 4 + length
         if body_end > len(frame):
             raise CryptoError("length", f"length prefix {length} exceeds the frame")
-        found_appid = frame[body_end:]
-        if found_appid != self.appid.encode("utf-8"):
+        if frame[body_end:] != self._appid:
             raise CryptoError("appid", "the AppID inside the message is not WECHAT_APPID")
         return frame[RANDOM_PREFIX_BYTES + 4 : body_end]
 
 
-def decrypt_with_keys(keys: Sequence[bytes], appid: str, encrypted: str) -> tuple[int, bytes]:
-    """(index of the key that worked, message): the current key first, then previous ones.
+def _xor(first: bytes, *others: bytes) -> bytes:
+    """Byte strings of one length XORed together (as big integers: one C loop each)."""
+    value = int.from_bytes(first, "big")
+    for other in others:
+        value ^= int.from_bytes(other, "big")
+    return value.to_bytes(len(first), "big")
+
+
+def decrypt_with_any(ciphers: Sequence[MessageCipher], encrypted: str) -> tuple[int, bytes]:
+    """(index of the cipher that worked, message): the current key first, then previous ones.
 
     A wrong key almost always fails the padding or length check; the AppID check
     catches the rest. On failure the current key's error is the one worth reporting.
     """
     first_error: CryptoError | None = None
-    for index, key in enumerate(keys):
+    for index, cipher in enumerate(ciphers):
         try:
-            return index, MessageCipher(key, appid).decrypt(encrypted)
+            return index, cipher.decrypt(encrypted)
         except CryptoError as exc:
             first_error = first_error or exc
     raise first_error or CryptoError("key", "no AES key configured")

@@ -143,7 +143,7 @@ def _open_encrypted(
     if not account.encryption_enabled:
         raise EncryptionNotConfigured("AES-mode callback but WECHAT_ENCODING_AES_KEY is not set")
     try:
-        key_index, inner = crypto.decrypt_with_keys(account.aes_keys, account.appid, encrypted)
+        key_index, inner = crypto.decrypt_with_any(account.ciphers, encrypted)
     except crypto.CryptoError as exc:
         error_class = AppIdMismatch if exc.reason == "appid" else DecryptError
         raise error_class(f"decryption failed: {exc}", reason=exc.reason) from None
@@ -184,10 +184,10 @@ def seal_reply(
     """
     if not opened.encrypted:
         return reply_xml.encode("utf-8")
-    key = account.aes_keys[opened.key_index or 0]
     token = account.accepted_tokens[opened.token_index or 0]
-    cipher = crypto.MessageCipher(key, account.appid)
-    encrypted = cipher.encrypt(reply_xml.encode("utf-8"), random_bytes=random_bytes)
+    encrypted = account.ciphers[opened.key_index or 0].encrypt(
+        reply_xml.encode("utf-8"), random_bytes=random_bytes
+    )
     timestamp = str(int(now_s))
     nonce = nonce or str(secrets.randbelow(10**10))
     msg_signature = signature.compute_signature(token, timestamp, nonce, encrypted)
