@@ -93,15 +93,25 @@ def test_the_request_line_writer_matches_the_formatters(capsys):
             )
 
 
-def test_lines_keep_the_separators_operators_grep_for(capsys):
-    """The runbook greps for '"event": "signature_fail"': the format is an interface."""
+def test_lines_are_compact_json_as_the_runbook_greps_them(capsys):
+    """The runbook greps for '"event":"signature_fail"': the format is an interface."""
     import logging
 
     from wechat_gateway import logs
 
     logs.configure("INFO", "json")
     logs.write_info(logging.getLogger("wechat_gateway"), "request", {"event": "request"})
-    assert '"event": "request"' in capsys.readouterr().err
+    logging.getLogger("wechat_gateway.test").warning("x", extra={"event": "signature_fail"})
+    written = capsys.readouterr().err
+    assert '"event":"request"' in written and '"event":"signature_fail"' in written
+
+
+def test_a_field_orjson_refuses_is_still_written():
+    """A lone surrogate (or a non-string key) is no reason to lose a line."""
+    from wechat_gateway import logs
+
+    document = {"error": "bad \udcff byte", 1: "non-string key"}
+    assert logs.json_line(document) == json.dumps(document, ensure_ascii=False)
 
 
 class BrokenStream:

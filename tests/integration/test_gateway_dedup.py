@@ -126,7 +126,7 @@ def test_a_late_answer_begun_while_redis_was_down_is_parked_once_redis_is_back(t
         question = text_message("停电时问的", openid="oBack", create_time=int(time.time()) - 10)
         assert sim.post(question).reply["Content"].startswith("正在思考")
         redis_proc = start_redis(tmp_path, port=redis_proc.port)
-        wait_until(lambda: '"event": "parked"' in gateway.log(), 10, "the late answer parked")
+        wait_until(lambda: '"event":"parked"' in gateway.log(), 10, "the late answer parked")
         fake_ai.latency_s = 0
         follow_up = sim.post(text_message("在吗", openid="oBack"))
         assert follow_up.reply["Content"] == "答：停电时问的"
