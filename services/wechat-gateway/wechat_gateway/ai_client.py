@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any, Protocol
 
+import orjson
 import urllib3
 from gevent import monkey
 from geventhttpclient import HTTPParseError
@@ -90,7 +91,7 @@ class AIClient:
         }
         if whole:
             headers[PARTS_HEADER] = "all"
-        body = json.dumps(message, ensure_ascii=False).encode("utf-8")
+        body = orjson.dumps(message)
         status, data = self.transport.post(REPLY_PATH, body, headers, timeout_s + _READ_MARGIN_S)
         if status != 200:
             raise AIError("http_status", f"AI API answered HTTP {status}")
@@ -270,11 +271,21 @@ class Urllib3Transport:
         return response.status, response.data
 
 
-def _validated_reply(data: bytes) -> dict | None:
+def _parsed(data: bytes) -> Any:
+    """The AI API's JSON: orjson, or the json module for the JSON orjson refuses, an escaped
+    lone surrogate (an LLM cutting an emoji in half), which `_checked_text` then drops."""
     try:
-        document = json.loads(data)
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
     except ValueError:
         raise AIError("bad_response", "AI API answer is not JSON") from None
+
+
+def _validated_reply(data: bytes) -> dict | None:
+    document = _parsed(data)
     if not isinstance(document, dict) or "reply" not in document:
         raise AIError("bad_response", "AI API answer has no 'reply'")
     reply = document["reply"]
