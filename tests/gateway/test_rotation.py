@@ -41,6 +41,17 @@ def test_each_generation_is_accepted_and_can_read_its_reply(rotating_gateway, ac
     assert wechat.open_reply(response.data)["Content"] == "答：轮换中"
 
 
+def test_retries_across_the_console_update_each_get_a_reply_they_can_read(rotating_gateway):
+    """A retry may come with the other generation's token and key than the first attempt
+    (the console was saved in between): the reply replayed to it must be sealed with them."""
+    fields = text_message("轮换之间")
+    for account in (OLD, NEW, OLD):
+        wechat = WeChatSimulator("http://unused/wechat", account)
+        params, body = wechat.build_request(fields, mode="safe")
+        response = rotating_gateway.post("/wechat", query_string=params, data=body)
+        assert wechat.open_reply(response.data)["Content"] == "答：轮换之间"
+
+
 def test_a_third_token_is_refused(rotating_gateway):
     stranger = WeChatSimulator("http://unused/wechat", Account(token="strangertok"))
     params, body = stranger.build_request(text_message("x"), mode="plain")

@@ -243,6 +243,23 @@ def test_retry_replays_the_same_reply_and_calls_the_ai_once(gateway, fake_ai):
     assert fake_ai.calls_for(f"msg:{fields['MsgId']}:oUser0001:{fields['CreateTime']}") == 1
 
 
+def test_every_retry_gets_the_very_bytes_of_the_first_reply(gateway):
+    """Store the rendered reply so every retry gets the identical reply (protocol notes,
+    lesson 2): the same CreateTime, nonce and ciphertext, each retry newly signed by WeChat."""
+    fields = text_message("identical")
+    bodies = [gateway.post(fields).data for _ in range(3)]
+    assert bodies[0] == bodies[1] == bodies[2]
+    assert gateway.reply_of(gateway.post(fields))["Content"] == "答：identical"
+
+
+def test_a_retry_in_another_mode_gets_a_reply_in_its_own_mode(gateway):
+    fields = text_message("modes")
+    safe = gateway.post(fields, mode="safe")
+    plain = gateway.post(fields, mode="plain")
+    assert gateway.reply_of(safe)["Content"] == gateway.reply_of(plain)["Content"] == "答：modes"
+    assert b"<Encrypt>" in safe.data and b"<Encrypt>" not in plain.data
+
+
 def test_health_reports_components(gateway):
     document = gateway.client.get("/health").get_json()
     assert document["status"] == "ok" and document["redis"] == "disabled"

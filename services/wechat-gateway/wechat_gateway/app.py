@@ -18,6 +18,7 @@ from .dedup import JobStore, build_store
 from .delivery import CustomSender, Delivery
 from .endpoint import WeChatEndpoint
 from .errors import GatewayError
+from .sealed_replies import SealedReplies
 
 log = logging.getLogger("wechat_gateway")
 _HEALTH_CACHE_S = 2.0
@@ -31,6 +32,7 @@ class Services:
     store: JobStore
     ai: AIClient | None
     delivery: Delivery
+    sealed_replies: SealedReplies
     _health: tuple[float, dict] = field(default=(0.0, {}))
 
     def note_tolerated(self, failures: list[GatewayError]) -> None:
@@ -98,7 +100,7 @@ def create_app(settings: Settings | None = None, *, sender: CustomSender | None 
 
         sender = build_sender(settings)
     delivery = Delivery(settings, store, ai, sender)
-    services = Services(settings, store, ai, delivery)
+    services = Services(settings, store, ai, delivery, SealedReplies(settings.dedup_max))
     app.extensions["celestial_nexus"] = services
     app.register_blueprint(views.bp)
     app.register_error_handler(GatewayError, views.handle_gateway_error)

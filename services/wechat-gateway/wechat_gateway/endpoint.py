@@ -199,16 +199,35 @@ class WeChatEndpoint:
             answer.send(503, b"")
             return
         fields["outcome"] = "ok"
-        xml = None
-        if outcome.reply is not None:
-            xml = replies.render_reply(
-                outcome.reply, message["openid"], message["account_id"], int(time.time())
-            )
-        if xml is None:
+        sealed = None if outcome.reply is None else self._sealed(message, opened, outcome.reply)
+        if sealed is None:
             answer.send(200, replies.SUCCESS)
             return
-        sealed = envelope.seal_reply(xml, opened, settings.account, now_s=time.time())
         answer.send(200, sealed, _XML)
+
+    def _sealed(
+        self, message: dict[str, Any], opened: envelope.OpenedCallback, reply: dict[str, Any]
+    ) -> bytes | None:
+        """The body of a passive reply: rendered, encrypted and signed once per message,
+        mode, token and key, then the same bytes for every retry (`sealed_replies`);
+        None when the reply cannot be rendered."""
+        key = (
+            message["dedup_key"],
+            message["account_id"],
+            opened.mode,
+            opened.token_index,
+            opened.key_index,
+        )
+        memo = self.services.sealed_replies
+        sealed = memo.get(key, reply)
+        if sealed is None:
+            now_s = time.time()
+            xml = replies.render_reply(reply, message["openid"], message["account_id"], int(now_s))
+            if xml is None:
+                return None
+            sealed = envelope.seal_reply(xml, opened, self.services.settings.account, now_s=now_s)
+            memo.put(key, reply, sealed)
+        return sealed
 
     def _refusal(self, error: GatewayError, answer: Answer) -> None:
         """The one place the endpoint's errors become status codes, counts and log fields."""
