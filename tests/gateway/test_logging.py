@@ -106,12 +106,26 @@ def test_lines_are_compact_json_as_the_runbook_greps_them(capsys):
     assert '"event":"request"' in written and '"event":"signature_fail"' in written
 
 
-def test_a_field_orjson_refuses_is_still_written():
-    """A lone surrogate (or a non-string key) is no reason to lose a line."""
+def test_a_field_orjson_refuses_is_still_written_as_the_runbook_greps_it():
+    """A lone surrogate, an int past 64 bits or a non-string key is no reason to lose a
+    line, nor to write one the runbook's greps miss."""
     from wechat_gateway import logs
 
-    document = {"error": "bad \udcff byte", 1: "non-string key"}
-    assert logs.json_line(document) == json.dumps(document, ensure_ascii=False)
+    document = {"event": "request", "error": "bad \udcff byte", "big": 2**64, 1: "key"}
+    line = logs.json_line(document)
+    assert line == json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    assert '"event":"request"' in line
+
+
+def test_a_dataclass_in_a_field_is_written_as_its_repr_which_hides_secrets():
+    """orjson would expand a dataclass field by field, tokens and AES keys included."""
+    from tests.gateway.conftest import make_settings
+    from wechat_gateway import logs
+
+    account = make_settings(None).account
+    line = logs.json_line({"account": account})
+    assert json.loads(line)["account"] == repr(account)
+    assert DEV_TOKEN not in line and "aes_keys=1" in line
 
 
 class BrokenStream:
