@@ -103,6 +103,13 @@ def test_bad_answers_are_ai_errors(fake_ai, client_for, status, body, reason):
     assert caught.value.reason == reason
 
 
+def test_a_number_orjson_cannot_write_still_reaches_the_ai(fake_ai, client_for):
+    """An integer past 64 bits (a plain-mode body's Scale is not signed by WeChat) is JSON."""
+    message = {**MESSAGE, "type": "location", "scale": 2**64}
+    assert client_for(fake_ai.url).reply(message, 1.0) is not None
+    assert fake_ai.received[-1]["scale"] == 2**64
+
+
 def test_reply_texts_lose_what_xml_cannot_carry(fake_ai, client_for):
     """A lone surrogate (valid in JSON, not in UTF-8 or XML) or a control character is
     dropped here, before splitting, rendering or a customer-service push meet it."""

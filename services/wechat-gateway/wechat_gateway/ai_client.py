@@ -91,7 +91,7 @@ class AIClient:
         }
         if whole:
             headers[PARTS_HEADER] = "all"
-        body = orjson.dumps(message)
+        body = _json_body(message)
         status, data = self.transport.post(REPLY_PATH, body, headers, timeout_s + _READ_MARGIN_S)
         if status != 200:
             raise AIError("http_status", f"AI API answered HTTP {status}")
@@ -269,6 +269,15 @@ class Urllib3Transport:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise AIError("connection", type(exc).__name__) from None
         return response.status, response.data
+
+
+def _json_body(message: dict[str, Any]) -> bytes:
+    """The message as JSON: orjson, or the json module for what orjson refuses and JSON
+    allows (an integer past 64 bits in a plain-mode message's Scale or Count)."""
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        return json.dumps(message, ensure_ascii=False).encode("utf-8")
 
 
 def _parsed(data: bytes) -> Any:
