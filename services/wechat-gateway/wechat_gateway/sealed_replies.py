@@ -13,6 +13,7 @@ Bounded like the in-process dedup store (WECHAT_DEDUP_MAX): the oldest entry goe
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 from typing import Any
 
@@ -23,6 +24,7 @@ class SealedReplies:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._bodies: dict[Hashable, tuple[dict[str, Any], bytes]] = {}
+        self._lock = threading.Lock()  # eviction iterates the dict another thread may grow
 
     def get(self, key: Hashable, reply: dict[str, Any]) -> bytes | None:
         """The body sealed for `key`, if it was sealed from a reply equal to `reply`."""
@@ -32,11 +34,12 @@ class SealedReplies:
         return None
 
     def put(self, key: Hashable, reply: dict[str, Any], body: bytes) -> None:
-        bodies = self._bodies
-        bodies.pop(key, None)  # inserted again at the end: the last to be evicted
-        bodies[key] = (reply, body)
-        while len(bodies) > self.capacity:
-            bodies.pop(next(iter(bodies)), None)
+        with self._lock:
+            bodies = self._bodies
+            bodies.pop(key, None)  # inserted again at the end: the last to be evicted
+            bodies[key] = (reply, body)
+            while len(bodies) > self.capacity:
+                del bodies[next(iter(bodies))]
 
     def __len__(self) -> int:
         return len(self._bodies)
