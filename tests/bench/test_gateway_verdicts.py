@@ -35,6 +35,7 @@ def test_the_targets_hold_the_in_process_store_and_redis_is_information(capsys):
     targets = summarize(results(FRESH_TARGET + 0.05, DUPLICATE_TARGET + 0.05))
     assert all(t["ok"] for t in targets)
     assert not any("redis store) >= 0." in t["target"] for t in targets)
+    assert any(t["target"].endswith("(redis store) without errors or fallbacks") for t in targets)
     printed = capsys.readouterr().out
     assert "INFO  gateway duplicate (redis store): 0.460" in printed
     assert "Redis adds 0.19 ms" in printed
@@ -44,3 +45,10 @@ def test_the_targets_hold_the_in_process_store_and_redis_is_information(capsys):
 def test_a_local_figure_under_its_target_fails(fresh, dup):
     failed = [t["target"] for t in summarize(results(fresh, dup)) if not t["ok"]]
     assert len(failed) == 1 and "local store" in failed[0]
+
+
+def test_a_redis_run_with_errors_or_fallbacks_fails():
+    rows = results(0.5, 0.8)
+    rows[4]["valid"] = False  # gateway duplicate, redis
+    failed = [t["target"] for t in summarize(rows) if not t["ok"]]
+    assert failed == ["gateway duplicate (redis store) without errors or fallbacks"]
