@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import Self
 
 
+class _Server(ThreadingHTTPServer):
+    """The stdlib's listen backlog of 5 refuses a burst of the gateway's concurrent
+    connections, which then passes for an AI API that is down: a real server's instead."""
+
+    request_queue_size = 128
+
+
 class LoopbackServer:
     """Serves `handler` on a free loopback port in a daemon thread, from start() to stop()."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -39,7 +46,8 @@ class LoopbackServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve_forever that never ran
+            self._server.shutdown()
         self._server.server_close()
 
 
