@@ -7,13 +7,11 @@ plus a small margin. Every failure becomes an AIError whose reason labels the me
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from typing import Any, Protocol
 
-import orjson
 import urllib3
 from gevent import monkey
 from geventhttpclient import HTTPParseError
@@ -21,7 +19,7 @@ from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPSocketPoolResponse
 from geventhttpclient.url import URL
 
-from . import metrics
+from . import json_codec, metrics
 from .metrics import labelled
 from .replies import REPLY_BODY, xml_safe
 
@@ -91,7 +89,7 @@ class AIClient:
         }
         if whole:
             headers[PARTS_HEADER] = "all"
-        body = _json_body(message)
+        body = json_codec.dumps(message)
         status, data = self.transport.post(REPLY_PATH, body, headers, timeout_s + _READ_MARGIN_S)
         if status != 200:
             raise AIError("http_status", f"AI API answered HTTP {status}")
@@ -271,24 +269,9 @@ class Urllib3Transport:
         return response.status, response.data
 
 
-def _json_body(message: dict[str, Any]) -> bytes:
-    """The message as JSON: orjson, or the json module for what orjson refuses and JSON
-    allows (an integer past 64 bits in a plain-mode message's Scale or Count)."""
-    try:
-        return orjson.dumps(message)
-    except orjson.JSONEncodeError:
-        return json.dumps(message, ensure_ascii=False).encode("utf-8")
-
-
 def _parsed(data: bytes) -> Any:
-    """The AI API's JSON: orjson, or the json module for the JSON orjson refuses, an escaped
-    lone surrogate (an LLM cutting an emoji in half), which `_checked_text` then drops."""
     try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(data)
+        return json_codec.loads(data)
     except ValueError:
         raise AIError("bad_response", "AI API answer is not JSON") from None
 
